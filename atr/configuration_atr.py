@@ -1,0 +1,77 @@
+"""AtrConfig: the audio and text backbones plus the retrieval head, pooling and hybrid-loss settings."""
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+# Audio backbones the model has an adapter for (modeling_atr.AUDIO_ADAPTERS), keyed by config model_type.
+SUPPORTED_AUDIO_MODEL_TYPES = ("clap_audio_model", "whisper")
+TEXT_POOLING_MODES = ("cls", "mean", "last_token")
+
+
+class AtrConfig(PreTrainedConfig):
+    r"""
+    Configuration of an [`AtrModel`]: a dual encoder for audio-text retrieval (arXiv 2604.23323).
+
+    Args:
+        audio_config: `ClapAudioConfig` (HTSAT) or `WhisperConfig` (its encoder is used), or a dict of one.
+        text_config: any transformers text-encoder config (RoBERTa, BERT/MiniLM, Llama-style decoders).
+        projection_dim: size of the shared embedding space.
+        head_hidden_size: width of the transformer projection that refines each encoder's token sequence.
+        head_layers / head_heads / head_dropout: depth, attention heads and dropout of that transformer projection.
+        cross_modal_attention: train with bidirectional audio<->text cross attention feeding the alignment terms.
+        cross_modal_heads: heads of the cross-modal attention.
+        text_pooling: `cls`, `mean` or `last_token` (decoder LLMs) pooling of the text tokens.
+        lambda_cosine / lambda_l1 / lambda_contrastive: hybrid-loss weights.
+        logit_scale_init_value: initial value of the learnable temperature's logit scale (1/0.07).
+        logit_scale_max: the logit scale is clamped at this value (100) in the forward pass.
+        freeze_audio_encoder / freeze_text_encoder: keep a backbone frozen (eval mode, no gradients).
+        gather_negatives: in distributed training, gather contrastive negatives from every process (with gradients).
+        audio_chunk_batch_size: how many chunks go through the audio encoder at once (bounds memory on long audio).
+    """
+
+    model_type = "atr"
+    sub_configs_defaults = {
+        "audio_config": SubConfigSpec(config_class=AutoConfig, model_type="clap_audio_model"),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="roberta"),
+    }
+
+    audio_config: PreTrainedConfig | dict | None = None
+    text_config: PreTrainedConfig | dict | None = None
+    projection_dim: int = 512
+    head_hidden_size: int = 512
+    head_layers: int = 1
+    head_heads: int = 8
+    head_dropout: float = 0.1
+    cross_modal_attention: bool = True
+    cross_modal_heads: int = 8
+    text_pooling: str = "cls"
+    lambda_cosine: float = 1.0
+    lambda_l1: float = 1.0
+    lambda_contrastive: float = 1.0
+    logit_scale_init_value: float = 2.6592
+    logit_scale_max: float = 100.0
+    freeze_audio_encoder: bool = True
+    freeze_text_encoder: bool = True
+    gather_negatives: bool = True
+    audio_chunk_batch_size: int = 32
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        audio_type = getattr(self.audio_config, "model_type", None)
+        if audio_type not in SUPPORTED_AUDIO_MODEL_TYPES:
+            raise ValueError(
+                f"audio_config has model_type {audio_type!r}, expected one of {SUPPORTED_AUDIO_MODEL_TYPES}: "
+                "pass a ClapAudioConfig (HTSAT) or a WhisperConfig"
+            )
+        if self.text_pooling not in TEXT_POOLING_MODES:
+            raise ValueError(f"text_pooling is {self.text_pooling!r}, expected one of {TEXT_POOLING_MODES}")
+        for name in ("head_heads", "cross_modal_heads"):
+            if self.head_hidden_size % getattr(self, name):
+                raise ValueError(
+                    f"head_hidden_size {self.head_hidden_size} is not divisible by {name}={getattr(self, name)}: "
+                    "pick a head count that divides it"
+                )
+
+
+__all__ = ["AtrConfig"]
