@@ -225,8 +225,9 @@ class AtrModel(AtrPreTrainedModel):
 
     def _apply_freezing(self):
         for encoder, frozen in ((self.audio_model, self.config.freeze_audio_encoder), (self.text_model, self.config.freeze_text_encoder)):
-            encoder.requires_grad_(not frozen)
+            # Unfrozen encoders keep their own choices (Whisper's sinusoidal positions stay fixed).
             if frozen:
+                encoder.requires_grad_(False)
                 encoder.eval()
 
     def train(self, mode=True):
