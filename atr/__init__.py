@@ -1,9 +1,11 @@
 """atr: robust audio-text retrieval, Hugging Face Hub-native (arXiv 2604.23323)."""
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoProcessor
 
 from .configuration_atr import AtrConfig
+from .feature_extraction_atr import AtrFeatureExtractor
 from .modeling_atr import AtrModel, AtrOutput
+from .processing_atr import AtrProcessor
 
 __version__ = "0.1.0"
 
@@ -13,5 +15,9 @@ AutoConfig.register("atr", AtrConfig, exist_ok=True)
 AutoModel.register(AtrConfig, AtrModel, exist_ok=True)
 AtrConfig.register_for_auto_class()
 AtrModel.register_for_auto_class("AutoModel")
+AutoFeatureExtractor.register(AtrConfig, AtrFeatureExtractor, exist_ok=True)
+AutoProcessor.register(AtrConfig, AtrProcessor, exist_ok=True)
+AtrFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
+AtrProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["AtrConfig", "AtrModel", "AtrOutput", "__version__"]
+__all__ = ["AtrConfig", "AtrFeatureExtractor", "AtrModel", "AtrOutput", "AtrProcessor", "__version__"]
