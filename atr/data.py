@@ -1,0 +1,404 @@
+"""Audio-text data: dataset sources, decoding and resampling, noise at a set SNR, augmentation and the batch collator."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+
+from datasets import Audio, Dataset, IterableDataset, load_dataset
+
+from .synthetic import colored_noise, make_synthetic_split
+
+logger = logging.getLogger(__name__)
+
+AUDIO_COLUMN_CANDIDATES = ("audio", "file_name", "path", "audio_path", "filename", "file")
+METADATA_FILES = ("metadata.csv", "metadata.jsonl")
+NOISE_COLORS = ("white", "pink", "brown")
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def _audio_name(audio) -> str:
+    """A human-readable name for an audio value, for error messages."""
+    if isinstance(audio, dict):
+        return str(audio.get("path") or "<in-memory audio>")
+    return str(audio)
+
+
+def decode_audio(audio, sampling_rate: int) -> np.ndarray:
+    """Float32 mono waveform at `sampling_rate` from a path, a {"path", "bytes"} dict or a {"array", "sampling_rate"} dict."""
+    name = _audio_name(audio)
+    if isinstance(audio, dict) and audio.get("array") is not None:
+        if audio.get("sampling_rate") is None:
+            raise ValueError(f"audio {name} has an array but no sampling_rate: add 'sampling_rate' to the dict")
+        wave, source_rate = np.asarray(audio["array"], dtype=np.float32), int(audio["sampling_rate"])
+        # datasets and torchcodec lay multichannel arrays out as (channels, samples)
+        wave = wave.mean(axis=0) if wave.ndim == 2 else wave
+    else:
+        if isinstance(audio, dict):
+            source = io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio.get("path")
+        else:
+            source = os.fspath(audio)
+        if source is None:
+            raise ValueError(f"audio {name} has neither bytes nor a path: check the dataset's audio column")
+        try:
+            wave, source_rate = sf.read(source, dtype="float32", always_2d=True)
+        except Exception as error:  # soundfile raises several types for unreadable/corrupt data
+            raise ValueError(f"could not decode audio file {name}: {error}. Fix or remove the file, "
+                             "or load the dataset with skip_bad_audio=True") from error
+        wave = wave.mean(axis=1)
+    if wave.size == 0:
+        raise ValueError(f"audio file {name} is empty (0 samples): remove it or load with skip_bad_audio=True")
+    if source_rate != sampling_rate:
+        wave = soxr.resample(wave, source_rate, sampling_rate, quality="HQ")
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def _audio_problem(audio) -> str | None:
+    """Why an audio value cannot be read (header-level check, no full decode), or None when it looks fine."""
+    if isinstance(audio, dict) and audio.get("array") is not None:
+        return None if np.asarray(audio["array"]).size else "empty array"
+    if isinstance(audio, dict):
+        source = io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio.get("path")
+    else:
+        source = audio
+    if source is None:
+        return "neither bytes nor a path"
+    try:
+        info = sf.info(source)
+    except Exception as error:
+        return str(error).strip() or type(error).__name__
+    return None if info.frames > 0 else "no audio frames (empty file)"
+
+
+def _verify_audio(dataset: Dataset, split: str, skip_bad_audio: bool) -> Dataset:
+    """Checks every row's audio header: raises naming file and row, or drops bad rows and logs how many."""
+    bad = []
+    for start, batch in zip(range(0, len(dataset), 256), dataset.select_columns(["audio"]).iter(batch_size=256)):
+        for offset, audio in enumerate(batch["audio"]):
+            problem = _audio_problem(audio)
+            if problem is None:
+                continue
+            row, name = start + offset, _audio_name(audio)
+            if not skip_bad_audio:
+                raise ValueError(f"audio file {name} at row {row} of split {split!r} cannot be read ({problem}): "
+                                 "fix or remove it, or pass skip_bad_audio=True to skip such rows")
+            bad.append((row, name, problem))
+    if not bad:
+        return dataset
+    details = "; ".join(f"row {row} {name!r}: {problem}" for row, name, problem in bad[:5])
+    logger.warning("skipped %d of %d rows with unreadable audio in split %r (skip_bad_audio=True): %s%s",
+                   len(bad), len(dataset), split, details, " ..." if len(bad) > 5 else "")
+    bad_rows = {row for row, _, _ in bad}
+    return dataset.select([i for i in range(len(dataset)) if i not in bad_rows])
+
+
+# ---------------------------------------------------------------- sources
+
+
+def _read_table(path: Path) -> Dataset:
+    """A CSV or JSON-lines metadata file as a Dataset."""
+    if path.suffix == ".csv":
+        return Dataset.from_csv(str(path), keep_in_memory=True)
+    if path.suffix in (".jsonl", ".json"):
+        return Dataset.from_json(str(path), keep_in_memory=True)
+    raise ValueError(f"manifest {path} has suffix {path.suffix!r}: use a .csv, .jsonl or .json file")
+
+
+def _local_table(source: Path, split: str) -> tuple[Dataset, Path]:
+    """The rows of a local audiofolder split or manifest, and the folder relative paths start from."""
+    if source.is_dir():
+        split_dir = source / split
+        if not split_dir.is_dir():
+            found = sorted(p.name for p in source.iterdir() if p.is_dir())
+            raise ValueError(f"audio folder {source} has no {split!r} subfolder (found {found}): "
+                             "use train/, validation/ and test/ subfolders or pass an existing split")
+        metadata = [split_dir / name for name in METADATA_FILES if (split_dir / name).is_file()]
+        if not metadata:
+            raise ValueError(f"audio folder split {split_dir} has no metadata file: add one of {list(METADATA_FILES)} "
+                             "with a file_name column and caption/captions")
+        return _read_table(metadata[0]), split_dir
+    table = _read_table(source)
+    if "split" in table.column_names:  # one manifest may hold every split
+        table = table.filter(lambda row: row == split, input_columns="split")
+        if len(table) == 0:
+            raise ValueError(f"manifest {source} has no rows with split == {split!r}")
+    return table, source.parent
+
+
+def _find_audio_column(columns, audio_column, source) -> str:
+    """The audio column: the one asked for, or the first of the usual names."""
+    if audio_column is not None:
+        if audio_column not in columns:
+            raise ValueError(f"audio column {audio_column!r} is not in {source} (columns: {columns}): "
+                             "pass audio_column= with one of them")
+        return audio_column
+    for name in AUDIO_COLUMN_CANDIDATES:
+        if name in columns:
+            return name
+    raise ValueError(f"no audio column in {source} (columns: {columns}): name it one of {list(AUDIO_COLUMN_CANDIDATES)} "
+                     "or pass audio_column=")
+
+
+def _find_caption_columns(columns, caption_columns, source) -> list[str]:
+    """The caption columns: the ones asked for, else `captions`, `caption_1..N` (Clotho) or `caption`."""
+    if caption_columns is not None:
+        columns_asked = [caption_columns] if isinstance(caption_columns, str) else list(caption_columns)
+        missing = [c for c in columns_asked if c not in columns]
+        if missing:
+            raise ValueError(f"caption columns {missing} are not in {source} (columns: {columns}): "
+                             "pass caption_columns= with existing columns")
+        return columns_asked
+    numbered = sorted((c for c in columns if re.fullmatch(r"caption_?\d+", c)), key=lambda c: int(re.sub(r"\D", "", c)))
+    for found in (["captions"] if "captions" in columns else [], numbered, ["caption"] if "caption" in columns else []):
+        if found:
+            return found
+    raise ValueError(f"no caption column in {source} (columns: {columns}): add 'caption', 'captions' or "
+                     "'caption_1'..'caption_5', or pass caption_columns=")
+
+
+def _as_captions(value) -> list[str]:
+    """A cell's captions: a list, a JSON list string, or one caption string."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                return [text]
+        else:
+            return [text] if text else []
+    return [str(v).strip() for v in value if v is not None and str(v).strip()]
+
+
+def _gather_captions(batch, caption_columns, first_row, source) -> list[list[str]]:
+    """Each row's captions from the caption columns of a batch; a row without any is an error naming it."""
+    captions = []
+    for offset, cells in enumerate(zip(*(batch[c] for c in caption_columns))):
+        found = [caption for cell in cells for caption in _as_captions(cell)]
+        if not found:
+            raise ValueError(f"row {first_row + offset} of {source} has no caption in columns {caption_columns}: "
+                             "fill them in or drop the row")
+        captions.append(found)
+    return captions
+
+
+def _normalise_columns(dataset, audio_column, caption_columns, base_dir: Path | None, source):
+    """Renames audio to `audio` (paths resolved against base_dir) and gathers captions into a `captions` list."""
+    columns = list(dataset.column_names or [])
+    if not columns:  # a streamed dataset may not know its columns before reading: trust the names given
+        audio_column, caption_columns = audio_column or "audio", caption_columns or ["caption"]
+    audio_column = _find_audio_column(columns, audio_column, source) if columns else audio_column
+    caption_columns = _find_caption_columns(columns, caption_columns, source) if columns else list(caption_columns)
+    if audio_column != "audio" and "audio" in columns:
+        dataset = dataset.remove_columns("audio")  # the chosen column replaces it
+    if audio_column != "audio":
+        dataset = dataset.rename_column(audio_column, "audio")
+
+    if isinstance(dataset, IterableDataset):
+        dataset = dataset.map(lambda batch: {"captions": _gather_captions(batch, caption_columns, 0, source)},
+                              batched=True)
+    else:
+        # add_column leaves the (possibly large) audio column untouched instead of rewriting it as map would
+        captions, start = [], 0
+        for batch in dataset.select_columns(caption_columns).iter(batch_size=1024):
+            captions += _gather_captions(batch, caption_columns, start, source)
+            start = len(captions)
+        if "captions" in dataset.column_names:
+            dataset = dataset.remove_columns("captions")
+        dataset = dataset.add_column("captions", captions)
+        if base_dir is not None:  # local tables hold paths relative to their folder
+            paths = [str((base_dir / p).resolve()) if p else None for p in dataset["audio"]]
+            dataset = dataset.remove_columns("audio").add_column("audio", paths)
+    # Audio(decode=False): rows keep {"bytes", "path"}; decoding happens per batch in the collator, without FFmpeg.
+    return dataset.cast_column("audio", Audio(decode=False))
+
+
+def load_audio_text_dataset(source: str | os.PathLike, split: str = "train", *, config_name: str | None = None,
+                            audio_column: str | None = None, caption_columns: str | Sequence[str] | None = None,
+                            streaming: bool = False, skip_bad_audio: bool = False, verify_audio: bool = True,
+                            group_by: str | None = None, load_kwargs: dict | None = None) -> Dataset | IterableDataset:
+    """One split with an undecoded `audio` column and a `captions` list column, from any supported source.
+
+    `source` is "synthetic", a local audiofolder directory, a .csv/.jsonl manifest, or a Hub dataset id.
+    """
+    load_kwargs = dict(load_kwargs or {})
+    if str(source) == "synthetic":
+        dataset, base_dir = make_synthetic_split(split, **load_kwargs), None
+    elif os.path.isdir(source) or Path(source).suffix in (".csv", ".jsonl", ".json"):
+        if not os.path.exists(source):
+            raise FileNotFoundError(f"manifest {source} does not exist: check the path")
+        dataset, base_dir = _local_table(Path(source), split)
+    else:
+        dataset = load_dataset(str(source), config_name, split=split, streaming=streaming, **load_kwargs)
+        base_dir = None
+        column = _find_audio_column(list(dataset.column_names or []), audio_column, source)
+        dataset = dataset.cast_column(column, Audio(decode=False))  # before any access, so nothing is decoded
+    dataset = _normalise_columns(dataset, audio_column, caption_columns, base_dir, source)
+    if group_by is not None:
+        dataset = _group_captions(dataset, group_by, source)
+    if isinstance(dataset, IterableDataset):
+        # streaming: nothing can be checked up front, so unreadable rows are handled as they arrive
+        return dataset.filter(lambda audio: _streamed_audio_ok(audio, skip_bad_audio), input_columns="audio")
+    return _verify_audio(dataset, split, skip_bad_audio) if verify_audio else dataset
+
+
+def _streamed_audio_ok(audio, skip_bad_audio) -> bool:
+    """Filter for streamed rows: False (skip) or an error for unreadable audio."""
+    problem = _audio_problem(audio)
+    if problem is None:
+        return True
+    if not skip_bad_audio:
+        raise ValueError(f"streamed audio {_audio_name(audio)} cannot be read ({problem}): pass skip_bad_audio=True")
+    logger.warning("skipped streamed audio %s: %s", _audio_name(audio), problem)
+    return False
+
+
+def _group_captions(dataset, group_by, source):
+    """Merges rows sharing `group_by` (one caption per row, e.g. AudioCaps) into one row with all captions."""
+    if isinstance(dataset, IterableDataset) or group_by not in dataset.column_names:
+        raise ValueError(f"group_by={group_by!r} needs a non-streaming dataset with that column ({source})")
+    groups: dict = {}
+    for index, key in enumerate(dataset[group_by]):
+        groups.setdefault(key, []).append(index)
+    row_captions = dataset["captions"]
+    captions = [[c for index in indices for c in row_captions[index]] for indices in groups.values()]
+    rows = [indices[0] for indices in groups.values()]
+    return dataset.select(rows).remove_columns("captions").add_column("captions", captions)
+
+
+# ---------------------------------------------------------------- noise
+
+
+def load_noise_files(folder: str | os.PathLike, sampling_rate: int) -> list[np.ndarray]:
+    """Every audio file under `folder` (sorted, recursive) decoded to mono float32 at `sampling_rate`."""
+    from audiomentations.core.utils import find_audio_files
+
+    paths = sorted(find_audio_files(folder))
+    if not paths:
+        raise ValueError(f"noise folder {folder} has no audio files: add .wav/.flac recordings or use white/pink noise")
+    return [decode_audio(path, sampling_rate) for path in paths]
+
+
+def mix_at_snr(clean: np.ndarray, noise: str | np.ndarray | Sequence[np.ndarray], snr_db: float, *,
+               rng: np.random.Generator | int | None = None) -> np.ndarray:
+    """`clean` plus noise scaled so that 10·log10(P_clean / P_noise) equals `snr_db` exactly.
+
+    `noise` is "white", "pink" or "brown", a recording (looped or cropped to length at a random offset) or a list of
+    recordings (one picked at random). All randomness comes from `rng` (a Generator or a seed).
+    """
+    rng = np.random.default_rng(rng)
+    clean = np.asarray(clean, dtype=np.float64)
+    if clean.ndim != 1 or clean.size == 0:
+        raise ValueError(f"clean audio has shape {clean.shape}: pass a non-empty mono 1-D waveform")
+    clean_power = np.mean(clean**2)
+    if clean_power == 0:
+        raise ValueError("clean audio is digital silence: an SNR is undefined for it")
+    if isinstance(noise, str):
+        if noise not in NOISE_COLORS:
+            raise ValueError(f"noise {noise!r} is unknown: use one of {list(NOISE_COLORS)} or pass a recording")
+        noise = colored_noise(clean.size, noise, rng)
+    else:
+        if not isinstance(noise, np.ndarray):
+            noise = noise[rng.integers(len(noise))]
+        noise = np.asarray(noise, dtype=np.float64)
+        if noise.ndim != 1 or noise.size == 0:
+            raise ValueError(f"noise recording has shape {noise.shape}: pass a non-empty mono 1-D waveform")
+        start = int(rng.integers(noise.size))
+        noise = np.take(noise, np.arange(start, start + clean.size), mode="wrap")  # loop short, crop long
+    noise_power = np.mean(noise**2)
+    if noise_power == 0:
+        raise ValueError("noise is digital silence over this clip: pick another recording")
+    scale = np.sqrt(clean_power / (noise_power * 10 ** (snr_db / 10)))
+    return (clean + scale * noise).astype(np.float32)
+
+
+def make_noise_augmentation(p: float = 0.5, min_snr_db: float = 5.0, max_snr_db: float = 15.0,
+                            background_dir: str | os.PathLike | None = None):
+    """An audiomentations transform adding white, coloured or (given a folder) recorded noise at a random SNR."""
+    from audiomentations import AddBackgroundNoise, AddColorNoise, AddGaussianSNR, OneOf
+
+    if not 0 <= p <= 1 or min_snr_db > max_snr_db:
+        raise ValueError(f"noise augmentation p={p}, SNR [{min_snr_db}, {max_snr_db}] dB is invalid: "
+                         "need 0 <= p <= 1 and min_snr_db <= max_snr_db")
+    transforms = [AddGaussianSNR(min_snr_db=min_snr_db, max_snr_db=max_snr_db, p=1.0),
+                  AddColorNoise(min_snr_db=min_snr_db, max_snr_db=max_snr_db, p=1.0)]
+    if background_dir is not None:
+        if not os.path.isdir(background_dir):
+            raise ValueError(f"background noise folder {background_dir} does not exist: pass a folder of recordings")
+        transforms.append(AddBackgroundNoise(sounds_path=str(background_dir), min_snr_db=min_snr_db,
+                                             max_snr_db=max_snr_db, noise_rms="relative", p=1.0))
+    return OneOf(transforms, p=p)
+
+
+# ---------------------------------------------------------------- collator
+
+
+class AtrCollator:
+    """Rows with `audio` and `captions` -> model inputs: decode, resample, augment (training) and run the processor.
+
+    Training: one caption per clip, drawn from a seeded generator, and `return_loss=True`.
+    Evaluation: every caption of every clip plus `caption_to_audio` (the clip index of each caption).
+    """
+
+    def __init__(self, processor, training: bool = True, seed: int = 0, augment: Callable | None = None,
+                 processor_kwargs: dict | None = None):
+        self.processor = processor
+        self.training = training
+        self.seed = seed
+        self.augment = augment
+        self.processor_kwargs = dict(processor_kwargs or {})
+        self._rng = None
+        self._worker = None
+
+    @property
+    def sampling_rate(self) -> int:
+        """The audio backbone's sampling rate, from the processor's feature extractor."""
+        return self.processor.feature_extractor.sampling_rate
+
+    def _generator(self) -> np.random.Generator:
+        """The caption-sampling generator; each DataLoader worker gets its own stream."""
+        info = torch.utils.data.get_worker_info()
+        worker = None if info is None else info.id
+        if self._rng is None or worker != self._worker:
+            self._rng = np.random.default_rng([self.seed] if worker is None else [self.seed, worker])
+            self._worker = worker
+        return self._rng
+
+    def __call__(self, rows: list[dict]):
+        """Collates a list of dataset rows into one batch."""
+        if not rows:
+            raise ValueError("AtrCollator got an empty list of rows: the DataLoader produced an empty batch")
+        sampling_rate = self.sampling_rate
+        waves = [decode_audio(row["audio"], sampling_rate) for row in rows]
+        if self.training and self.augment is not None:
+            waves = [self.augment(samples=wave, sample_rate=sampling_rate) for wave in waves]
+        for index, row in enumerate(rows):
+            if not row["captions"]:
+                raise ValueError(f"row {index} of the batch ({_audio_name(row['audio'])}) has no captions")
+        if self.training:
+            rng = self._generator()
+            texts = [row["captions"][rng.integers(len(row["captions"]))] for row in rows]
+        else:
+            texts = [caption for row in rows for caption in row["captions"]]
+            caption_to_audio = [i for i, row in enumerate(rows) for _ in row["captions"]]
+        batch = self.processor(audio=waves, text=texts, sampling_rate=sampling_rate, return_tensors="pt",
+                               **self.processor_kwargs)
+        if self.training:
+            batch["return_loss"] = True
+        else:
+            batch["caption_to_audio"] = torch.tensor(caption_to_audio, dtype=torch.long)
+        return batch
