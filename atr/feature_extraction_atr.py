@@ -288,7 +288,6 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
         training=False,
         max_train_chunks=None,
         generator=None,
-        **kwargs,
     ):
         """
         Chunk and featurise one clip (1-D array, or 2-D `(channels, samples)` mixed down to mono) or a list of clips.
