@@ -283,8 +283,9 @@ def synthesize_clip(rng: np.random.Generator, sampling_rate: int = 16000, min_du
         fade = np.minimum(1, np.minimum(np.arange(stop - start), np.arange(stop - start)[::-1]) / (0.01 * sampling_rate))
         gain = 10 ** (rng.uniform(-6, 0) / 20) / max(np.sqrt(np.mean(sound**2)), 1e-9)
         wave[start:stop] += 0.1 * gain * sound * fade
-    # background 20 to 45 dB under the events: pauses stay audibly "silent" yet never digitally zero
-    level_db = {"hiss": rng.uniform(-32, -26), "wind": rng.uniform(-28, -22), "quiet": rng.uniform(-48, -42)}[background]
+    # hiss and wind sit 22 to 32 dB under the events, so pauses keep an audible floor; a quiet room sits over 60 dB
+    # under them, so silence-aware chunking drops its long pauses as it would a real near-silent recording
+    level_db = {"hiss": rng.uniform(-32, -26), "wind": rng.uniform(-28, -22), "quiet": rng.uniform(-70, -62)}[background]
     color = {"hiss": "white", "wind": "brown", "quiet": "pink"}[background]
     noise = colored_noise(n, color, rng)
     if background == "wind":  # slow gusts
