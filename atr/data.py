@@ -389,14 +389,15 @@ class AtrCollator:
         for index, row in enumerate(rows):
             if not row["captions"]:
                 raise ValueError(f"row {index} of the batch ({_audio_name(row['audio'])}) has no captions")
+        options = dict(self.processor_kwargs)
         if self.training:
             rng = self._generator()
             texts = [row["captions"][rng.integers(len(row["captions"]))] for row in rows]
+            options.update(training=True, generator=rng)  # seeded choice of chunks when a clip has too many
         else:
             texts = [caption for row in rows for caption in row["captions"]]
             caption_to_audio = [i for i, row in enumerate(rows) for _ in row["captions"]]
-        batch = self.processor(audio=waves, text=texts, sampling_rate=sampling_rate, return_tensors="pt",
-                               **self.processor_kwargs)
+        batch = self.processor(audio=waves, text=texts, sampling_rate=sampling_rate, return_tensors="pt", **options)
         if self.training:
             batch["return_loss"] = True
         else:
