@@ -209,20 +209,21 @@ def _normalise_columns(dataset, audio_column, caption_columns, base_dir: Path | 
         dataset = dataset.rename_column(audio_column, "audio")
 
     if isinstance(dataset, IterableDataset):
-        dataset = dataset.map(lambda batch: {"captions": _gather_captions(batch, caption_columns, 0, source)},
-                              batched=True)
-    else:
-        # add_column leaves the (possibly large) audio column untouched instead of rewriting it as map would
-        captions, start = [], 0
-        for batch in dataset.select_columns(caption_columns).iter(batch_size=1024):
-            captions += _gather_captions(batch, caption_columns, start, source)
-            start = len(captions)
-        if "captions" in dataset.column_names:
-            dataset = dataset.remove_columns("captions")
-        dataset = dataset.add_column("captions", captions)
-        if base_dir is not None:  # local tables hold paths relative to their folder
-            paths = [str((base_dir / p).resolve()) if p else None for p in dataset["audio"]]
-            dataset = dataset.remove_columns("audio").add_column("audio", paths)
+        # cast before map: a mapped streaming dataset no longer knows its features
+        dataset = dataset.cast_column("audio", Audio(decode=False))
+        return dataset.map(lambda batch: {"captions": _gather_captions(batch, caption_columns, 0, source)},
+                           batched=True)
+    # add_column leaves the (possibly large) audio column untouched instead of rewriting it as map would
+    captions, start = [], 0
+    for batch in dataset.select_columns(caption_columns).iter(batch_size=1024):
+        captions += _gather_captions(batch, caption_columns, start, source)
+        start = len(captions)
+    if "captions" in dataset.column_names:
+        dataset = dataset.remove_columns("captions")
+    dataset = dataset.add_column("captions", captions)
+    if base_dir is not None:  # local tables hold paths relative to their folder
+        paths = [str((base_dir / p).resolve()) if p else None for p in dataset["audio"]]
+        dataset = dataset.remove_columns("audio").add_column("audio", paths)
     # Audio(decode=False): rows keep {"bytes", "path"}; decoding happens per batch in the collator, without FFmpeg.
     return dataset.cast_column("audio", Audio(decode=False))
 

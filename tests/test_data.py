@@ -305,3 +305,36 @@ def test_synthetic_rows_through_real_processor_and_tiny_model(tmp_path):
     with torch.no_grad():
         audio = model.get_audio_features(inputs["input_features"], inputs["chunk_mask"]).pooler_output
     assert audio.shape == (2, config.projection_dim)
+
+
+def _hub_like_parquet(tmp_path):
+    """Parquet files laid out as Hub audio datasets are: an Audio column of bytes, Clotho- and AudioCaps-style."""
+    from datasets import Audio, Dataset
+
+    clips = []
+    for i in range(3):
+        _write_clip(tmp_path / f"h{i}.flac", seed=i)
+        clips.append({"bytes": (tmp_path / f"h{i}.flac").read_bytes(), "path": f"h{i}.flac"})
+    clotho = Dataset.from_dict({"audio": clips, **{f"caption_{k + 1}": [_captions(i)[k] for i in range(3)]
+                                                   for k in range(5)}})
+    clotho.cast_column("audio", Audio(sampling_rate=SR, decode=False)).to_parquet(str(tmp_path / "clotho.parquet"))
+    # one caption per row; the same clip repeated under one id
+    audiocaps = Dataset.from_dict({"audio": [clips[0], clips[0], clips[1]], "youtube_id": ["a", "a", "b"],
+                                   "caption": ["first a", "second a", "only b"]})
+    audiocaps.cast_column("audio", Audio(decode=False)).to_parquet(str(tmp_path / "audiocaps.parquet"))
+
+
+def test_hub_code_path_with_local_parquet(tmp_path):
+    """The Hub branch (load_dataset + Audio(decode=False) + caption gathering) on Hub-layout parquet, offline."""
+    _hub_like_parquet(tmp_path)
+    clotho = load_audio_text_dataset("parquet", "train", load_kwargs={"data_files": str(tmp_path / "clotho.parquet")})
+    assert clotho["captions"] == [_captions(i) for i in range(3)]
+    assert clotho.features["audio"].decode is False
+    assert decode_audio(clotho[2]["audio"], SR).size == SR // 2
+    audiocaps = load_audio_text_dataset("parquet", "train", group_by="youtube_id",
+                                        load_kwargs={"data_files": str(tmp_path / "audiocaps.parquet")})
+    assert audiocaps["captions"] == [["first a", "second a"], ["only b"]]
+    assert audiocaps["youtube_id"] == ["a", "b"]
+    streamed = load_audio_text_dataset("parquet", "train", streaming=True,
+                                       load_kwargs={"data_files": str(tmp_path / "clotho.parquet")})
+    assert [row["captions"] for row in streamed] == [_captions(i) for i in range(3)]
