@@ -205,8 +205,9 @@ def zero_shot_classification_metrics(
 ) -> dict:
     """Zero-shot classification as audio->prompt retrieval: accuracy (= R@1), R@K, mAP@10; multi-label aware."""
     label_lists = [np.atleast_1d(np.asarray(clip_labels, dtype=np.int64)).tolist() for clip_labels in labels]
+    ks = tuple(sorted({1, *ks}))  # accuracy is R@1 whatever cut-offs were asked for
     results = retrieval_metrics(audio_embeds, class_text_embeds, label_lists, ks, block_size, map_k)
-    results = {"accuracy": results["R1" if 1 in ks else f"R{min(ks)}"], **results}
+    results = {"accuracy": results["R1"], **results}
     if any(len(set(clip_labels)) > 1 for clip_labels in label_lists):
         # LAION-CLAP scores multi-label sets (FSD50K) on argmax(one-hot), i.e. the lowest-index label only.
         first = retrieval_metrics(audio_embeds, class_text_embeds, [[min(c)] for c in label_lists], ks, block_size, map_k)

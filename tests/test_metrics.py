@@ -141,6 +141,7 @@ def test_zero_shot_multi_label_and_first_label_variant():
     single = zero_shot_classification_metrics(*as_embeddings(scores), [3, 2])
     assert single["accuracy"] == 0.5 and single["mAP10"] == pytest.approx((1 + 1 / 2) / 2)
     assert not any(key.startswith("first_label") for key in single)
+    assert zero_shot_classification_metrics(*as_embeddings(scores), [3, 2], ks=(5,))["accuracy"] == 0.5
 
 
 def test_class_prompts_template():
