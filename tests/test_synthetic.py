@@ -119,6 +119,10 @@ def test_same_seed_gives_bitwise_same_audio_and_captions(tmp_path):
     # clip i does not depend on the split size
     longer = make_synthetic_split("test", 4, seed=5, cache_dir=str(tmp_path / "a"))
     assert longer[2]["audio"]["bytes"] == first[2]["audio"]["bytes"]
+    # nor on how many processes generate it
+    parallel = make_synthetic_split("test", 4, seed=5, cache_dir=str(tmp_path / "c"), num_proc=2)
+    assert [a["bytes"] for a in parallel["audio"]] == [a["bytes"] for a in longer["audio"]]
+    assert parallel["captions"] == longer["captions"]
 
 
 def test_dataset_splits_layout_and_pipeline(tmp_path):
