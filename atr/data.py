@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import os
+import random
 import re
 from pathlib import Path
 from typing import Callable, Sequence
@@ -351,33 +352,52 @@ def make_noise_augmentation(p: float = 0.5, min_snr_db: float = 5.0, max_snr_db:
 class AtrCollator:
     """Rows with `audio` and `captions` -> model inputs: decode, resample, augment (training) and run the processor.
 
-    Training: one caption per clip, drawn from a seeded generator, and `return_loss=True`.
+    Training: one caption per clip and the noise of each clip come from a stream seeded by (seed, global batch
+    index), of which each of `world_size` processes takes its own slice; so the draws do not depend on the number of
+    processes, and a run resumed at batch k (`start_batch`) draws exactly what the uninterrupted run drew.
     Evaluation: every caption of every clip plus `caption_to_audio` (the clip index of each caption).
     """
 
     def __init__(self, processor, training: bool = True, seed: int = 0, augment: Callable | None = None,
-                 processor_kwargs: dict | None = None):
+                 processor_kwargs: dict | None = None, rank: int = 0, world_size: int = 1):
         self.processor = processor
         self.training = training
         self.seed = seed
         self.augment = augment
         self.processor_kwargs = dict(processor_kwargs or {})
-        self._rng = None
-        self._worker = None
+        self.rank, self.world_size = rank, world_size
+        self.start_batch = 0
+        self._batches_seen = 0
 
     @property
     def sampling_rate(self) -> int:
         """The audio backbone's sampling rate, from the processor's feature extractor."""
         return self.processor.feature_extractor.sampling_rate
 
-    def _generator(self) -> np.random.Generator:
-        """The caption-sampling generator; each DataLoader worker gets its own stream."""
+    def resume_at(self, batch_index: int):
+        """Continue the random streams at global batch `batch_index` (the batches a resumed run skips)."""
+        self.start_batch, self._batches_seen = int(batch_index), 0
+
+    def _row_seeds(self, batch_size: int) -> np.ndarray:
+        """This process's slice of the current global batch's seeds, one per row."""
         info = torch.utils.data.get_worker_info()
-        worker = None if info is None else info.id
-        if self._rng is None or worker != self._worker:
-            self._rng = np.random.default_rng([self.seed] if worker is None else [self.seed, worker])
-            self._worker = worker
-        return self._rng
+        # DataLoader workers take batches round-robin: worker w of W collates batches w, w + W, ...
+        workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
+        batch_index = self.start_batch + self._batches_seen * workers + worker
+        self._batches_seen += 1
+        seeds = np.random.default_rng([self.seed, batch_index]).integers(0, 2**32, size=self.world_size * batch_size)
+        return seeds[self.rank * batch_size : (self.rank + 1) * batch_size]
+
+    def _augment(self, wave: np.ndarray, seed: int) -> np.ndarray:
+        """Apply the augmentation with the global RNGs audiomentations reads seeded per row, then restore them."""
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        random.seed(int(seed))
+        np.random.seed(int(seed))
+        try:
+            return self.augment(samples=wave, sample_rate=self.sampling_rate)
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
     def __call__(self, rows: list[dict]):
         """Collates a list of dataset rows into one batch."""
@@ -385,16 +405,17 @@ class AtrCollator:
             raise ValueError("AtrCollator got an empty list of rows: the DataLoader produced an empty batch")
         sampling_rate = self.sampling_rate
         waves = [decode_audio(row["audio"], sampling_rate) for row in rows]
-        if self.training and self.augment is not None:
-            waves = [self.augment(samples=wave, sample_rate=sampling_rate) for wave in waves]
         for index, row in enumerate(rows):
             if not row["captions"]:
                 raise ValueError(f"row {index} of the batch ({_audio_name(row['audio'])}) has no captions")
         options = dict(self.processor_kwargs)
         if self.training:
-            rng = self._generator()
-            texts = [row["captions"][rng.integers(len(row["captions"]))] for row in rows]
-            options.update(training=True, generator=rng)  # seeded choice of chunks when a clip has too many
+            seeds = self._row_seeds(len(rows))
+            if self.augment is not None:
+                waves = [self._augment(wave, seed) for wave, seed in zip(waves, seeds)]
+            texts = [row["captions"][int(seed % len(row["captions"]))] for row, seed in zip(rows, seeds)]
+            # seeded choice of chunks when a clip has too many
+            options.update(training=True, generator=np.random.default_rng([self.seed, int(seeds[0])]))
         else:
             texts = [caption for row in rows for caption in row["captions"]]
             caption_to_audio = [i for i, row in enumerate(rows) for _ in row["captions"]]

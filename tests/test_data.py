@@ -338,3 +338,29 @@ def test_hub_code_path_with_local_parquet(tmp_path):
     streamed = load_audio_text_dataset("parquet", "train", streaming=True,
                                        load_kwargs={"data_files": str(tmp_path / "clotho.parquet")})
     assert [row["captions"] for row in streamed] == [_captions(i) for i in range(3)]
+
+
+def test_collator_draws_do_not_depend_on_process_count_and_resume_exactly(tmp_path):
+    """Two ranks with half batches draw what one process with the whole batch draws; resume_at(k) replays batch k."""
+    rows = _rows(tmp_path, n=4)
+    augment = make_noise_augmentation(p=1.0)
+
+    def run(collator, batch_rows, batches):
+        processor = collator.processor
+        out = []
+        for _ in range(batches):
+            collator(batch_rows)
+            out.append((list(processor.text), [a.copy() for a in processor.audio]))
+        return out
+
+    single = run(AtrCollator(StubProcessor(), seed=3, augment=augment), rows, 3)
+    rank0 = run(AtrCollator(StubProcessor(), seed=3, augment=augment, rank=0, world_size=2), rows[:2], 3)
+    rank1 = run(AtrCollator(StubProcessor(), seed=3, augment=augment, rank=1, world_size=2), rows[2:], 3)
+    for whole, first, second in zip(single, rank0, rank1):
+        assert whole[0] == first[0] + second[0]
+        assert all(np.array_equal(a, b) for a, b in zip(whole[1], first[1] + second[1]))
+    resumed = AtrCollator(StubProcessor(), seed=3, augment=augment)
+    resumed.resume_at(2)
+    replay = run(resumed, rows, 1)[0]
+    assert replay[0] == single[2][0] and all(np.array_equal(a, b) for a, b in zip(replay[1], single[2][1]))
+    assert single[0][0] != single[1][0] or single[1][0] != single[2][0]  # batches differ
