@@ -15,10 +15,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
+
+from .data import decode_audio
 
 # Extensions libsndfile decodes; anything else in a folder is skipped.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au", ".opus")
@@ -120,7 +123,7 @@ def build_faiss_index(embeddings, kind="pq", hnsw_m=32, ef_construction=80, trai
     return index
 
 
-def faiss_search(index, queries, k=10, corpus=None, k_factor=500, ef_search=256):
+def faiss_search(index, queries, k=10, corpus=None, k_factor=700, ef_search=256):
     """Search a FAISS index; with `corpus`, re-rank the top k*k_factor candidates exactly (the `pq` recipe)."""
     queries = torch.as_tensor(queries, dtype=torch.float32).reshape(-1, index.d).contiguous()
     if hasattr(index, "hnsw"):
@@ -131,7 +134,8 @@ def faiss_search(index, queries, k=10, corpus=None, k_factor=500, ef_search=256)
     missing = indices < 0  # faiss pads with -1 when it finds fewer than asked
     if corpus is not None:
         corpus = torch.as_tensor(corpus)
-        candidates = corpus[indices.clamp(min=0)].float()
+        # index_select is several times faster than advanced indexing for this gather
+        candidates = corpus.index_select(0, indices.clamp(min=0).reshape(-1)).view(*indices.shape, -1).float()
         scores = torch.bmm(candidates, queries[:, :, None]).squeeze(2)
     scores = scores.masked_fill(missing, float("-inf"))
     scores, indices = _sort_candidates(scores, indices.masked_fill(missing, torch.iinfo(torch.long).max), min(k, wanted))
@@ -168,49 +172,26 @@ def model_fingerprint(model, processor):
     return digest.hexdigest()
 
 
-def load_audio(source, sampling_rate):
-    """Decode one recording (path, file-like) to mono float32 at sampling_rate.
-
-    Kept to this one function so it can be swapped for the shared `atr.data` decoder.
-    """
-    import soundfile as sf
-    import soxr
-
-    try:
-        data, rate = sf.read(source, dtype="float32", always_2d=True)
-    except Exception as error:
-        raise ValueError(f"could not decode audio {source!r}: {error}; pass a file libsndfile reads (wav, flac, ogg, mp3)") from error
-    wave = data.mean(axis=1)
-    return soxr.resample(wave, rate, sampling_rate).astype(np.float32) if rate != sampling_rate else wave
-
-
 def _audio_items(audio, audio_column=None):
-    """Ids (paths) of a folder, a list of paths or a `datasets.Dataset`, and a function opening item i for decoding."""
+    """Ids (paths) of a folder, a list of paths or a `datasets.Dataset`, and a function giving item i for `decode_audio`."""
     if isinstance(audio, (str, os.PathLike)) and Path(audio).is_dir():
         paths = sorted(str(p.resolve()) for p in Path(audio).rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
         if not paths:
             raise ValueError(f"folder {str(audio)!r} has no audio files ({', '.join(AUDIO_EXTENSIONS)})")
-        return paths, lambda i: paths[i]
+        return paths, paths.__getitem__
     if isinstance(audio, (list, tuple)):
         paths = [str(p) for p in audio]
-        return paths, lambda i: paths[i]
-    import datasets
-
+        return paths, paths.__getitem__
     if isinstance(audio, datasets.Dataset):
         columns = [name for name, feature in audio.features.items() if isinstance(feature, datasets.Audio)]
         column = audio_column or (columns[0] if len(columns) == 1 else None)
-        if column is None:
-            raise ValueError(f"dataset has Audio columns {columns}: pass audio_column= to pick one")
-        # Undecoded rows ({"path", "bytes"}): we decode with soundfile, no FFmpeg/torchcodec needed.
-        rows = audio.cast_column(column, datasets.Audio(decode=False))[column]
-        ids = [row.get("path") or str(i) for i, row in enumerate(rows)]
-
-        def open_row(i):
-            import io
-
-            return io.BytesIO(rows[i]["bytes"]) if rows[i].get("bytes") else rows[i]["path"]
-
-        return ids, open_row
+        if column not in columns:
+            raise ValueError(f"dataset has Audio columns {columns}, not {audio_column!r}: pass audio_column= to pick one")
+        # Undecoded rows ({"path", "bytes"}) read one at a time: soundfile decodes them, no FFmpeg/torchcodec, and
+        # the bytes of the whole dataset never sit in memory at once.
+        rows = audio.select_columns([column]).cast_column(column, datasets.Audio(decode=False))
+        ids = [path or str(i) for i, path in enumerate(rows.flatten()[f"{column}.path"])]
+        return ids, lambda i: rows[i][column]
     raise TypeError(f"audio is a {type(audio).__name__}: pass a folder, a list of file paths or a datasets.Dataset")
 
 
@@ -290,7 +271,7 @@ class AudioIndex:
                 embeds, spans = [], []
                 for start in range(rows.start, rows.stop, batch_size):
                     batch_rows = range(start, min(rows.stop, start + batch_size))
-                    waves = [load_audio(open_item(i), rate) for i in batch_rows]
+                    waves = [decode_audio(open_item(i), rate) for i in batch_rows]
                     inputs = processor(audio=waves, sampling_rate=rate, return_tensors="pt")
                     audio_inputs = {key: inputs[key] for key in ("input_features", "chunk_mask") if key in inputs}
                     with torch.inference_mode():
@@ -369,7 +350,7 @@ class AudioIndex:
             self._faiss[kind] = index
         return self._faiss[kind]
 
-    def search_embeddings(self, query_embeds, k=10, backend="exact", k_factor=500, ef_search=256):
+    def search_embeddings(self, query_embeds, k=10, backend="exact", k_factor=700, ef_search=256):
         """Rank the collection for query embeddings (Q, D): (scores, indices) (Q, k), best first."""
         if backend == "exact":
             return exact_search(query_embeds, self.embeddings, k)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from atr import search
+from atr.data import decode_audio
 from atr.search import AudioIndex, build_faiss_index, exact_search, faiss_search
 
 
@@ -158,7 +159,7 @@ def reference_embeddings(model, processor, paths):
     """Audio embeddings computed directly, file by file, without the index."""
     rows = []
     for path in paths:
-        inputs = processor(audio=search.load_audio(str(path), RATE), sampling_rate=RATE, return_tensors="pt")
+        inputs = processor(audio=decode_audio(str(path), RATE), sampling_rate=RATE, return_tensors="pt")
         with torch.inference_mode():
             rows.append(model.get_audio_features(inputs["input_features"], inputs["chunk_mask"]).pooler_output)
     return torch.cat(rows)
@@ -188,7 +189,7 @@ def test_interrupted_build_resumes_from_last_finished_shard(tmp_path, model_and_
     model, processor = model_and_processor
     out = tmp_path / "index"
     calls = []
-    real_load = search.load_audio
+    real_load = search.decode_audio
 
     def load_then_stop(source, rate):
         calls.append(source)
@@ -196,7 +197,7 @@ def test_interrupted_build_resumes_from_last_finished_shard(tmp_path, model_and_
             raise KeyboardInterrupt
         return real_load(source, rate)
 
-    monkeypatch.setattr(search, "load_audio", load_then_stop)
+    monkeypatch.setattr(search, "decode_audio", load_then_stop)
     with pytest.raises(KeyboardInterrupt):
         AudioIndex.build(model, processor, audio_dir, out, batch_size=1, shard_size=2, progress=False)
     assert sorted(p.name for p in out.glob("shard-*")) == ["shard-00000.safetensors"]  # no half-written shard
@@ -204,7 +205,7 @@ def test_interrupted_build_resumes_from_last_finished_shard(tmp_path, model_and_
         AudioIndex.load(out, model, processor)
 
     calls.clear()
-    monkeypatch.setattr(search, "load_audio", lambda s, r: calls.append(s) or real_load(s, r))
+    monkeypatch.setattr(search, "decode_audio", lambda s, r: calls.append(s) or real_load(s, r))
     resumed = AudioIndex.build(model, processor, audio_dir, out, batch_size=1, shard_size=2, progress=False)
     assert [c.rsplit("/", 1)[-1] for c in calls] == ["c.wav", "e.wav", "d.wav"]  # only shards 1 and 2
     torch.testing.assert_close(resumed.embeddings, reference_embeddings(model, processor, resumed.items), atol=1e-5, rtol=1e-4)
@@ -277,7 +278,7 @@ def test_cli_builds_once_then_answers_from_the_stored_index(tmp_path, model_dir,
     assert all(r["path"].endswith((".wav", ".flac")) and r["start"] is not None for r in lines)
 
     # Second run: no --model (taken from the manifest) and nothing re-embedded.
-    monkeypatch.setattr(search, "load_audio", lambda *a: pytest.fail("a finished index was re-embedded"))
+    monkeypatch.setattr(search, "decode_audio", lambda *a: pytest.fail("a finished index was re-embedded"))
     assert search.main(argv) == 0
     assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == lines
 
