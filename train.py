@@ -44,8 +44,8 @@ class DataArguments:
     train_split: str = "train"
     eval_split: str | None = "validation"
     test_split: str | None = "test"
-    audio_column: str = "audio"
-    caption_columns: str = field(default="caption,captions", metadata={"help": "Comma-separated caption column names."})
+    audio_column: str | None = field(default=None, metadata={"help": "Audio column (default: audio, file_name, path, ...)."})
+    caption_columns: str = field(default="", metadata={"help": "Comma-separated caption column names (default: caption or captions)."})
     streaming: bool = False
     skip_bad_audio: bool = field(default=False, metadata={"help": "Skip missing or corrupt audio files (and report them) instead of stopping."})
     noise_probability: float = field(default=0.5, metadata={"help": "Chance that a training clip gets noise."})
@@ -130,25 +130,26 @@ def build_model_and_processor(model_args):
     return model, processor
 
 
-def load_splits(data_args, sampling_rate):
+def load_splits(data_args):
     """Train, eval and test datasets (eval/test None when their split name is empty)."""
-    common = dict(
-        config_name=data_args.dataset_config,
-        audio_column=data_args.audio_column,
-        caption_columns=tuple(c for c in data_args.caption_columns.split(",") if c),
-        streaming=data_args.streaming,
-        skip_bad_audio=data_args.skip_bad_audio,
-        sampling_rate=sampling_rate,
-        synthetic_sizes=tuple(int(n) for n in data_args.synthetic_sizes.split(",")),
-    )
+    caption_columns = tuple(c for c in data_args.caption_columns.split(",") if c) or None
+    synthetic_sizes = dict(zip(("train", "validation", "test"), (int(n) for n in data_args.synthetic_sizes.split(","))))
     splits = {}
     for name, split, limit in (
         ("train", data_args.train_split, data_args.max_train_samples),
         ("eval", data_args.eval_split, data_args.max_eval_samples),
         ("test", data_args.test_split, data_args.max_eval_samples),
     ):
-        dataset = load_audio_text_dataset(data_args.dataset, split, **common) if split else None
-        if dataset is not None and limit is not None and not data_args.streaming:
+        if not split:
+            splits[name] = None
+            continue
+        load_kwargs = {"n": synthetic_sizes.get(split)} if data_args.dataset == "synthetic" else None
+        dataset = load_audio_text_dataset(
+            data_args.dataset, split, config_name=data_args.dataset_config, audio_column=data_args.audio_column,
+            caption_columns=caption_columns, streaming=data_args.streaming, skip_bad_audio=data_args.skip_bad_audio,
+            load_kwargs=load_kwargs,
+        )
+        if limit is not None and not data_args.streaming:
             dataset = dataset.select(range(min(limit, len(dataset))))
         splits[name] = dataset
     return splits
@@ -186,13 +187,16 @@ def main(argv=None):
     set_seed(training_args.seed)
 
     model, processor = build_model_and_processor(model_args)
-    sampling_rate = processor.feature_extractor.sampling_rate
-    splits = load_splits(data_args, sampling_rate)
+    splits = load_splits(data_args)
     augment = make_noise_augmentation(
         p=data_args.noise_probability, min_snr_db=data_args.noise_min_snr_db, max_snr_db=data_args.noise_max_snr_db,
         background_dir=data_args.background_noise_dir,
     )
-    train_collator = AtrCollator(processor, training=True, augment=augment, max_train_chunks=data_args.max_train_chunks, seed=training_args.seed)
+    train_collator = AtrCollator(
+        processor, training=True, augment=augment, seed=training_args.seed,
+        rank=training_args.process_index, world_size=training_args.world_size,
+        processor_kwargs={"max_train_chunks": data_args.max_train_chunks},
+    )
     eval_collator = AtrCollator(processor, training=False)
     card_kwargs = {"dataset": data_args.dataset, "data_args": vars(data_args)}
     trainer = AtrTrainer(

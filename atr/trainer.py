@@ -7,7 +7,7 @@ import torch
 from accelerate.utils import gather_object
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from .metrics import audio_text_retrieval_metrics
 
@@ -32,6 +32,16 @@ def embed_audio_text(model, collator, dataset, batch_size=32, progress=True, des
     return torch.cat(audio), torch.cat(text), torch.cat(caption_to_audio)
 
 
+class _ResumeCollatorStreams(TrainerCallback):
+    """On (re)start, move the training collator's random streams to the first batch this run will collate."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.collator.resume_at(state.global_step * args.gradient_accumulation_steps)
+
+
 class AtrTrainer(Trainer):
     """Trainer whose loss is the model's hybrid loss; evaluation ranks the whole eval split (R@K, mAP@10, both directions)."""
 
@@ -44,10 +54,12 @@ class AtrTrainer(Trainer):
         self.card_kwargs = card_kwargs or {}
         self._term_sums = defaultdict(float)
         self._term_count = 0
+        if hasattr(self.data_collator, "resume_at"):
+            self.add_callback(_ResumeCollatorStreams(self.data_collator))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Hybrid loss from the model's forward; its terms are accumulated for logging."""
-        outputs = model(**inputs, return_loss=True)
+        outputs = model(**{**inputs, "return_loss": True})
         if model.training:
             for term in LOSS_TERMS:
                 self._term_sums[term] += outputs[term].detach().float().item()

@@ -1,0 +1,181 @@
+"""train.py end to end on tiny configs: local data sources, bad audio, resume, multi-process, Hub upload, real-run configs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from tiny import tiny_bert_config, tiny_clap_audio_config, tiny_roberta_config, tiny_tokenizer, tiny_whisper_config
+from transformers import AutoModel, BertModel
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import train  # noqa: E402
+
+TINY = str(ROOT / "tests" / "configs" / "tiny.yaml")
+EVENTS = {"dog bark": 440.0, "siren": 900.0, "bell": 1500.0, "engine": 120.0}
+
+
+@pytest.fixture(scope="module")
+def tiny_text(tmp_path_factory):
+    """A tiny BERT text encoder and tokenizer saved to disk (stands in for a Hub id)."""
+    path = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    BertModel(tiny_bert_config()).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return str(path)
+
+
+def write_clips(folder, count, seed, fmt):
+    """Write `count` short tone clips (wav or flac); return (file name, 5 captions) rows."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index in range(count):
+        event, freq = list(EVENTS.items())[index % len(EVENTS)]
+        t = np.arange(int(16000 * rng.uniform(1.0, 2.0))) / 16000
+        wave = 0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(len(t))
+        name = f"clip{index}.{fmt}"
+        sf.write(folder / name, wave.astype(np.float32), 16000)
+        captions = [f"a {event}", f"the {event} sound", f"{event} near", f"a loud {event}", f"this is a {event}"]
+        rows.append((name, captions))
+    return rows
+
+
+def run_train(tmp_path, tiny_text, *extra):
+    """Run train.main on the tiny config and return (results, output_dir)."""
+    output_dir = tmp_path / "out"
+    argv = ["--config", TINY, "--text_backbone", tiny_text, "--output_dir", str(output_dir), "--noise_probability", "0", *extra]
+    _, results = train.main(argv)
+    return results, output_dir
+
+
+def test_trains_from_audiofolder_and_csv_manifest(tmp_path, tiny_text):
+    folder = tmp_path / "folder"
+    for split, fmt in (("train", "wav"), ("test", "flac")):
+        rows = write_clips(folder / split, 8, seed=len(split), fmt=fmt)
+        lines = ["file_name,captions"] + [f'{name},"{json.dumps(caps).replace(chr(34), chr(34) * 2)}"' for name, caps in rows]
+        (folder / split / "metadata.csv").write_text("\n".join(lines) + "\n")
+    results, out = run_train(tmp_path / "a", tiny_text, "--dataset", str(folder), "--eval_split", "", "--max_steps", "2")
+    assert 0 <= results["test_t2a_mAP10"] <= 1 and "test_a2t_R1" in results
+    assert AutoModel.from_pretrained(out, trust_remote_code=True) is not None
+
+    manifest_rows = []
+    for split, fmt in (("train", "flac"), ("test", "wav")):
+        for name, caps in write_clips(tmp_path / "clips" / split, 8, seed=3, fmt=fmt):
+            manifest_rows.append({"file_name": f"clips/{split}/{name}", "captions": caps, "split": split})
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in manifest_rows) + "\n")
+    results, _ = run_train(tmp_path / "b", tiny_text, "--dataset", str(manifest), "--eval_split", "", "--max_steps", "2")
+    # 8 test clips x 5 captions: the a2t metrics saw every caption
+    assert 0 <= results["test_a2t_mAP10"] <= 1
+
+
+def test_corrupt_file_stops_training_unless_skipped(tmp_path, tiny_text, caplog):
+    rows = write_clips(tmp_path / "clips", 9, seed=0, fmt="wav")
+    (tmp_path / "clips" / rows[4][0]).write_bytes(b"not audio at all")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("file_name,caption\n" + "".join(f"clips/{name},{caps[0]}\n" for name, caps in rows))
+    args = ["--dataset", str(manifest), "--eval_split", "", "--test_split", "", "--max_steps", "1"]
+    with pytest.raises(Exception, match=rows[4][0]):
+        run_train(tmp_path / "a", tiny_text, *args)
+    with caplog.at_level("WARNING"):
+        run_train(tmp_path / "b", tiny_text, *args, "--skip_bad_audio")
+    assert any("1" in r.getMessage() and "skip" in r.getMessage().lower() for r in caplog.records)
+
+
+def logged_losses(output_dir, checkpoint=None):
+    """Training loss per step from the last trainer_state.json."""
+    states = sorted(Path(output_dir).glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
+    history = json.loads(states[-1].read_text())["log_history"]
+    return {entry["step"]: entry["loss"] for entry in history if "loss" in entry}
+
+
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, tiny_text):
+    base = ["--test_split", "", "--eval_split", "", "--noise_probability", "0.5", "--save_steps", "3", "--max_steps", "6"]
+    _, full = run_train(tmp_path / "full", tiny_text, *base)
+    full_losses = logged_losses(full)
+    # A run stopped at step 3 has exactly the full run's checkpoint-3: resume from it into a fresh directory.
+    _, resumed = run_train(tmp_path / "resumed", tiny_text, *base, "--resume_from_checkpoint", str(full / "checkpoint-3"))
+    resumed_losses = logged_losses(resumed)
+    for step in range(4, 7):
+        assert abs(resumed_losses[step] - full_losses[step]) < 1e-6, (step, resumed_losses, full_losses)
+
+
+def test_two_processes_match_one_process_at_step_one(tmp_path, tiny_text):
+    common = [
+        "train.py", "--config", TINY, "--text_backbone", tiny_text, "--test_split", "", "--eval_split", "",
+        "--max_steps", "1", "--noise_probability", "0", "--model_config", json.dumps({**train._json(None), "projection_dim": 16,
+        "head_hidden_size": 32, "head_heads": 4, "cross_modal_heads": 4, "head_dropout": 0.0, "text_pooling": "mean", "freeze_audio_encoder": False}),
+    ]
+    # accelerate's --cpu with several processes needs MPI; --multi_gpu runs torchrun, which uses gloo on a CPU machine.
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    subprocess.run([*launcher, *common, "--output_dir", str(tmp_path / "two"), "--per_device_train_batch_size", "2"], check=True, cwd=ROOT)
+    subprocess.run([sys.executable, *common, "--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "4"], check=True, cwd=ROOT)
+    two, one = logged_losses(tmp_path / "two"), logged_losses(tmp_path / "one")
+    assert abs(two[1] - one[1]) < 1e-5, (two, one)
+
+
+def test_push_to_hub_uploads_a_complete_model_folder(tmp_path, tiny_text, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
+
+    calls = {}
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, **kw: calls.setdefault("repo", repo_id))
+
+    def fake_upload(repo_id, folder_path, ignore_patterns=None, **kwargs):
+        files = [str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file()]
+        calls["files"] = set(filter_repo_objects(files, ignore_patterns=ignore_patterns))
+
+    monkeypatch.setattr(huggingface_hub, "upload_folder", fake_upload)
+    run_train(tmp_path, tiny_text, "--max_steps", "1", "--eval_split", "", "--push_to_hub", "--hub_model_id", "someone/atr-tiny")
+    files = calls["files"]
+    assert calls["repo"] == "someone/atr-tiny"
+    required = {"model.safetensors", "config.json", "configuration_atr.py", "modeling_atr.py", "feature_extraction_atr.py",
+                "processing_atr.py", "processor_config.json", "tokenizer.json", "tokenizer_config.json", "README.md"}
+    assert required <= files, required - files
+    assert not any(f.startswith("checkpoint-") or f.endswith((".bin", ".pt")) for f in files)
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_atr.AtrModel"
+
+
+def test_refuses_to_overwrite_a_saved_model(tmp_path, tiny_text):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "config.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="overwrite_output_dir"):
+        run_train(tmp_path, tiny_text, "--max_steps", "1")
+
+
+@pytest.mark.parametrize("config", ["clotho.yaml", "audiocaps.yaml", "clotho_whisper.yaml", "demo.yaml"])
+def test_real_run_configs_parse_and_build_with_tiny_stand_ins(tmp_path, config, monkeypatch):
+    from transformers import ClapConfig, ClapModel, RobertaModel, WhisperModel
+
+    model_args, data_args, run_args, training_args = train.parse_args(["--config", str(ROOT / "configs" / config), "--bf16", "false"])  # GPU recipes; no bf16 on CPU
+    assert training_args.output_dir and data_args.dataset
+    torch.manual_seed(0)
+    if model_args.audio_backbone:
+        audio_dir = tmp_path / "audio"
+        if "whisper" in model_args.audio_backbone:
+            WhisperModel(tiny_whisper_config()).save_pretrained(audio_dir)
+        else:
+            clap = ClapConfig(audio_config=tiny_clap_audio_config().to_dict(), text_config=tiny_roberta_config().to_dict())
+            ClapModel(clap).save_pretrained(audio_dir)
+        model_args.audio_backbone = str(audio_dir)
+    if model_args.text_backbone != train.MINILM_ID:
+        RobertaModel(tiny_roberta_config()).save_pretrained(tmp_path / "text")
+        tiny_tokenizer().save_pretrained(tmp_path / "text")
+        model_args.text_backbone = str(tmp_path / "text")
+    model, processor = train.build_model_and_processor(model_args)
+    expected = json.loads(model_args.model_config)
+    for key, value in expected.items():
+        assert getattr(model.config, key) == value, key
+    fe = processor.feature_extractor
+    clip = np.random.default_rng(0).uniform(-0.5, 0.5, fe.sampling_rate * 3).astype(np.float32)
+    batch = processor(audio=[clip], text=["a dog barks"], sampling_rate=fe.sampling_rate, return_tensors="pt")
+    with torch.no_grad():
+        out = model(**batch, return_loss=True)
+    assert torch.isfinite(out.loss)
