@@ -46,7 +46,10 @@ def auto_block_size(num_candidates: int, max_tile_bytes: int = DEFAULT_MAX_TILE_
 
 
 def similarity_blocks(query_embeds, candidate_embeds, block_size: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield `(start, scores)` with `scores = query_embeds[start:start + block_size] @ candidate_embeds.T` in float32."""
+    """Yield `(start, scores)` with `scores = query_embeds[start:start + block_size] @ candidate_embeds.T` in float32.
+
+    `scores` is a view of one buffer reused for every block (no page faults per block): copy it to keep it.
+    """
     queries = _as_embeddings("query_embeds", query_embeds)
     candidates = _as_embeddings("candidate_embeds", candidate_embeds)
     if queries.shape[1] != candidates.shape[1]:
@@ -57,9 +60,11 @@ def similarity_blocks(query_embeds, candidate_embeds, block_size: int | None = N
     block_size = block_size or auto_block_size(len(candidates))
     if block_size < 1:
         raise ValueError(f"block_size is {block_size}, expected a positive number of queries per block")
-    candidates_t = candidates.T.contiguous()
+    buffer = torch.empty(min(block_size, len(queries)), len(candidates))
     for start in range(0, len(queries), block_size):
-        yield start, queries[start : start + block_size] @ candidates_t
+        block = queries[start : start + block_size]
+        # candidates.T is a strided view that BLAS reads transposed: no copy of the corpus.
+        yield start, torch.matmul(block, candidates.T, out=buffer[: len(block)])
 
 
 def _padded_relevant(relevant: Sequence[Sequence[int]], num_queries: int, num_candidates: int) -> torch.Tensor:
@@ -92,14 +97,18 @@ def relevant_ranks(
     rel = _padded_relevant(relevant, len(queries), len(candidates))
     ranks = torch.full(rel.shape, -1, dtype=torch.long)
     positions = torch.arange(len(candidates))
+    mask = None
     for start, scores in similarity_blocks(queries, candidates, block_size):
         block_rel = rel[start : start + len(scores)]
         rel_scores = scores.gather(1, block_rel.clamp(min=0))
+        if mask is None:
+            mask = torch.empty(scores.shape, dtype=torch.bool)
+        block_mask = mask[: len(scores)]
         for r in range(block_rel.shape[1]):
             target = rel_scores[:, r : r + 1]
-            rank = (scores > target).sum(1)
+            rank = torch.gt(scores, target, out=block_mask).count_nonzero(1)
             # Ties are rare with real embeddings, so the index-based tie-break only runs on rows that have one.
-            tied_rows = ((scores == target).sum(1) > 1).nonzero().flatten()
+            tied_rows = (torch.eq(scores, target, out=block_mask).count_nonzero(1) > 1).nonzero().flatten()
             if len(tied_rows):
                 ahead = (scores[tied_rows] == target[tied_rows]) & (positions < block_rel[tied_rows, r : r + 1])
                 rank[tied_rows] += ahead.sum(1)

@@ -15,6 +15,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def current_rss_mib() -> float:
+    """Resident set size of this process now, in MiB (Linux /proc)."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+
 def main():
     """Embed N random unit queries and N candidates (query i's relevant item is candidate i) and time the metrics."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -29,7 +35,7 @@ def main():
     # Queries are noisy copies of their candidate so that the ranks spread over the whole range.
     queries = torch.nn.functional.normalize(candidates + 0.5 * torch.randn(args.num, args.dim, generator=generator), dim=-1)
     relevant = torch.arange(args.num)[:, None].tolist()
-    rss_inputs = peak_rss_mib()
+    rss_inputs = current_rss_mib()
     block_size = args.block_size or auto_block_size(args.num)
     start = time.perf_counter()
     results = retrieval_metrics(queries, candidates, relevant, block_size=block_size)
@@ -38,7 +44,7 @@ def main():
     print(f"problem: {args.num} queries x {args.num} candidates, dim {args.dim}, block_size {block_size}")
     print(f"metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in results.items() if k != "per_query"))
     print(f"time: {seconds:.1f} s")
-    print(f"peak RSS: {peak_rss_mib():.0f} MiB (inputs and relevance lists alone: {rss_inputs:.0f} MiB)")
+    print(f"peak RSS: {peak_rss_mib():.0f} MiB (RSS just before the metrics call, with the inputs: {rss_inputs:.0f} MiB)")
     print(f"a full N x N float32 similarity matrix would need {4 * args.num**2 / 2**30:.1f} GiB")
 
 
