@@ -47,6 +47,7 @@ class DataArguments:
     audio_column: str | None = field(default=None, metadata={"help": "Audio column (default: audio, file_name, path, ...)."})
     caption_columns: str = field(default="", metadata={"help": "Comma-separated caption column names (default: caption or captions)."})
     streaming: bool = False
+    group_by: str | None = field(default=None, metadata={"help": "Merge rows of the same clip (one caption per row, e.g. AudioCaps) by this column."})
     skip_bad_audio: bool = field(default=False, metadata={"help": "Skip missing or corrupt audio files (and report them) instead of stopping."})
     noise_probability: float = field(default=0.5, metadata={"help": "Chance that a training clip gets noise."})
     noise_min_snr_db: float = 5.0
@@ -67,9 +68,9 @@ class RunArguments:
 
 
 def parse_args(argv):
-    """Parse `--config file.yaml` (default configs/demo.yaml when no argument is given) with CLI flags overriding it."""
+    """Parse `--config file.yaml` (default: configs/demo.yaml) with CLI flags overriding it."""
     parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments))
-    config_path = DEFAULT_CONFIG if not argv else None
+    config_path = DEFAULT_CONFIG
     if "--config" in argv:
         index = argv.index("--config")
         config_path, argv = argv[index + 1], argv[:index] + argv[index + 2 :]
@@ -147,7 +148,7 @@ def load_splits(data_args):
         dataset = load_audio_text_dataset(
             data_args.dataset, split, config_name=data_args.dataset_config, audio_column=data_args.audio_column,
             caption_columns=caption_columns, streaming=data_args.streaming, skip_bad_audio=data_args.skip_bad_audio,
-            load_kwargs=load_kwargs,
+            group_by=data_args.group_by, load_kwargs=load_kwargs,
         )
         if limit is not None and not data_args.streaming:
             dataset = dataset.select(range(min(limit, len(dataset))))
