@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from tiny import tiny_clap_audio_config, tiny_whisper_config
 from transformers import ClapAudioConfig, ClapFeatureExtractor, WhisperConfig, WhisperFeatureExtractor
 
 from atr import AtrFeatureExtractor
@@ -26,22 +27,6 @@ def silence(seconds, sr=SR):
 def seconds(bounds, sr=SR):
     """Sample ranges to seconds."""
     return np.asarray(bounds, dtype=np.float64) / sr
-
-
-def tiny_clap_audio_config():
-    """The tiny HTSAT config from transformers' CLAP tests."""
-    return ClapAudioConfig(
-        patch_size=2, num_mel_bins=16, window_size=4, spec_size=64, patch_stride=2, hidden_size=32,
-        patch_embeds_hidden_size=16, projection_dim=32, depths=[2, 2], num_hidden_layers=2, num_attention_heads=[2, 2],
-    )
-
-
-def tiny_whisper_config():
-    """The tiny Whisper config (100 frames per chunk)."""
-    return WhisperConfig(
-        d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
-        encoder_ffn_dim=16, decoder_ffn_dim=16, max_source_positions=50, max_position_embeddings=20, num_mel_bins=80,
-    )
 
 
 @pytest.fixture(scope="module")
