@@ -35,7 +35,8 @@ def _as_embeddings(name: str, embeds) -> torch.Tensor:
     tensor = tensor.detach().to("cpu", torch.float32)
     if tensor.ndim != 2:
         raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected (num_items, dim): pass one row per item")
-    if not torch.isfinite(tensor).all():
+    # A NaN or inf makes its row sum non-finite; the row sums avoid a full-size temporary for the common clean case.
+    if not torch.isfinite(tensor.sum(1)).all() and not torch.isfinite(tensor).all():
         raise ValueError(f"{name} contains NaN or inf values: check the model outputs before computing metrics")
     return tensor
 
@@ -95,6 +96,8 @@ def relevant_ranks(
     queries = _as_embeddings("query_embeds", query_embeds)
     candidates = _as_embeddings("candidate_embeds", candidate_embeds)
     rel = _padded_relevant(relevant, len(queries), len(candidates))
+    if len(candidates) > 2**24:
+        raise ValueError(f"candidate_embeds has {len(candidates)} rows, more than the 2**24 that ranks count exactly")
     ranks = torch.full(rel.shape, -1, dtype=torch.long)
     positions = torch.arange(len(candidates))
     mask = None
@@ -102,13 +105,15 @@ def relevant_ranks(
         block_rel = rel[start : start + len(scores)]
         rel_scores = scores.gather(1, block_rel.clamp(min=0))
         if mask is None:
-            mask = torch.empty(scores.shape, dtype=torch.bool)
+            # float32, not bool: summing a bool (or int) mask materialises an int64 copy of the whole tile, a float
+            # sum does not, and it counts exactly up to 2**24 candidates.
+            mask = torch.empty(scores.shape)
         block_mask = mask[: len(scores)]
         for r in range(block_rel.shape[1]):
             target = rel_scores[:, r : r + 1]
-            rank = torch.gt(scores, target, out=block_mask).count_nonzero(1)
+            rank = torch.gt(scores, target, out=block_mask).sum(1).long()
             # Ties are rare with real embeddings, so the index-based tie-break only runs on rows that have one.
-            tied_rows = (torch.eq(scores, target, out=block_mask).count_nonzero(1) > 1).nonzero().flatten()
+            tied_rows = (torch.eq(scores, target, out=block_mask).sum(1) > 1).nonzero().flatten()
             if len(tied_rows):
                 ahead = (scores[tied_rows] == target[tied_rows]) & (positions < block_rel[tied_rows, r : r + 1])
                 rank[tied_rows] += ahead.sum(1)
