@@ -51,3 +51,44 @@ def test_batch_size_study_runs_both_losses_at_each_batch_size(study_args):
     assert {(r["loss"], r["batch_size"]) for r in rows} == {(l, b) for l in ("hybrid", "contrastive only") for b in (4, 8)}
     # the same samples seen at every batch size
     assert {(r["batch_size"], r["steps"]) for r in results["runs"]} == {(4, 2), (8, 1)}
+
+
+def test_ablation_study_runs_every_variant(study_args):
+    rows, results, _ = run_study("study_ablation", study_args, ["--batch_size", "4"])
+    assert [r["variant"] for r in rows] == list(__import__("study_ablation").VARIANTS)
+    assert all(run["steps"] == 2 for run in results["runs"])
+
+
+def test_noise_study_trains_with_and_without_noise_and_tests_every_condition(study_args):
+    rows, _, _ = run_study("study_noise", study_args, ["--batch_size", "4", "--noisy_copies", "1", "--test_snrs", "10,5"])
+    assert {(r["training"], r["test"]) for r in rows} == {(t, c) for t in ("clean", "noise-augmented") for c in ("clean", "10 dB", "5 dB")}
+
+
+def test_noise_study_test_noise_is_at_the_exact_snr():
+    noise = __import__("study_noise")
+    wave = np.sin(np.linspace(0, 200, 16000)).astype(np.float32)
+    noisy = noise.fixed_noise("white", 5.0)(wave, 3)
+    snr = 10 * np.log10(np.mean(wave.astype(np.float64) ** 2) / np.mean((noisy - wave).astype(np.float64) ** 2))
+    assert snr == pytest.approx(5.0, abs=0.01)
+    assert np.array_equal(noisy, noise.fixed_noise("white", 5.0)(wave, 3))  # seeded per clip
+
+
+def test_cached_heads_give_the_same_embeddings_as_the_full_model(study_args):
+    """The cache path is exact: heads over cached encoder outputs embed like the model run on the features."""
+    args, root = study_args
+    model, processor = _study.ensure_encoder(_study.study_parser("", "x").parse_args(args))
+    rng = np.random.default_rng(0)
+    waves = [rng.standard_normal(int(16000 * s)).astype(np.float32) * 0.1 for s in (3.0, 7.5)]
+    captions = [["a dog barks", "rain"], ["a siren"]]
+    heads = _study.head_model(model, seed=0)
+    heads.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(("audio_model.", "text_model."))}, strict=False)
+    audio = _study.encode_audio(model, processor, waves)
+    text = _study.encode_text(model, processor, captions)
+    audio_embeds, text_embeds = _study.embed_cached(heads, {**audio, "tokens": audio["tokens"].float()}, {**text, "tokens": text["tokens"].float()})
+    inputs = processor(audio=waves, text=[c for clip in captions for c in clip], sampling_rate=16000, return_tensors="pt")
+    with torch.no_grad():
+        expected_audio = model.get_audio_features(input_features=inputs["input_features"], chunk_mask=inputs["chunk_mask"]).pooler_output
+        expected_text = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).pooler_output
+    # the cache stores float16 tokens: equal to fp16 precision
+    torch.testing.assert_close(audio_embeds, expected_audio, atol=5e-3, rtol=0)
+    torch.testing.assert_close(text_embeds, expected_text, atol=5e-3, rtol=0)
