@@ -50,7 +50,7 @@ def study_parser(description, name, **defaults):
     parser.add_argument("--max_test_samples", type=int, default=None)
     parser.add_argument("--encoder", default=str(ROOT / "outputs" / "study_encoder"), help="trained atr model whose encoders are frozen and reused; trained by train.py when missing")
     parser.add_argument("--encoder_config", default=str(ROOT / "configs" / "demo.yaml"), help="train.py config for training the study encoder")
-    parser.add_argument("--encoder_steps", type=int, default=300, help="train.py --max_steps for the study encoder")
+    parser.add_argument("--encoder_steps", type=int, default=150, help="train.py --max_steps for the study encoder")
     parser.add_argument("--text_backbone", default=None, help="text encoder for the study encoder (default: the config's)")
     parser.add_argument("--samples_seen", type=int, default=12800, help="training pairs each head sees (steps = samples_seen / batch size)")
     parser.add_argument("--batch_size", type=int, default=16)

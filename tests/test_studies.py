@@ -92,3 +92,31 @@ def test_cached_heads_give_the_same_embeddings_as_the_full_model(study_args):
     # the cache stores float16 tokens: equal to fp16 precision
     torch.testing.assert_close(audio_embeds, expected_audio, atol=5e-3, rtol=0)
     torch.testing.assert_close(text_embeds, expected_text, atol=5e-3, rtol=0)
+
+
+def test_long_form_study_compares_chunking_with_a_single_crop(study_args):
+    rows, _, output_dir = run_study("study_long_form", study_args, ["--batch_size", "4", "--min_long_s", "12", "--max_long_s", "15"])
+    assert [r["input"] for r in rows] == ["all chunks + attention pooling", "all chunks + mean pooling", "first 10 s only", "random 10 s only"]
+    assert "overlaps the first 10 s" in (output_dir / "results.md").read_text()
+
+
+def test_long_form_clip_holds_the_scene_where_the_layout_says():
+    long_form = __import__("study_long_form")
+    scene = np.sin(np.linspace(0, 3000, 16000 * 4)).astype(np.float32) * 0.5
+    for index in range(6):
+        wave = long_form.make_long_form(scene, index, 16000, 30, 60)
+        total, start, background = long_form.long_form_layout(index, scene.size, 16000, 30, 60)
+        assert wave.shape == (total,) and 30 * 16000 <= total <= 60 * 16000
+        inside = np.mean(wave[start : start + scene.size] ** 2)
+        outside = np.mean(np.delete(wave, np.arange(start, start + scene.size)) ** 2)
+        assert 10 * np.log10(inside / outside) > 20  # the scene stands out of its background
+        assert np.array_equal(wave, long_form.make_long_form(scene, index, 16000, 30, 60))  # seeded
+
+
+def test_crop_keeps_one_window():
+    long_form = __import__("study_long_form")
+    wave = np.arange(16000 * 40, dtype=np.float32)
+    first = long_form.crop(10, 16000, "first")(wave, 0)
+    assert np.array_equal(first, wave[: 160000])
+    random = long_form.crop(10, 16000, "random")(wave, 5)
+    assert random.size == 160000 and np.array_equal(random, wave[int(random[0]) : int(random[0]) + 160000])
