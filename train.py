@@ -57,6 +57,12 @@ class DataArguments:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     synthetic_sizes: str = field(default="2000,200,200", metadata={"help": "train,validation,test clip counts of the synthetic set."})
+    cache_encoder_outputs: bool = field(
+        default=False, metadata={"help": "Encode training clips and captions once with the frozen encoder(s) and train the heads from the cache."}
+    )
+    cache_num_views: int = field(default=4, metadata={"help": "Noisy views cached per training clip (besides the clean one)."})
+    encoder_cache_dir: str | None = field(default=None, metadata={"help": "Where encoder caches live (default: next to the datasets cache)."})
+    cache_dtype: str = field(default="float32", metadata={"help": "Storage type of cached encoder states: float32 or float16 (half the disk)."})
 
 
 @dataclass
@@ -156,6 +162,37 @@ def load_splits(data_args):
     return splits
 
 
+def cached_training_data(model, processor, dataset, data_args, training_args, collator_kwargs):
+    """Training rows and a CachedCollator reading the frozen encoders' outputs from disk (built on first use)."""
+    from atr.cache import CachedCollator, build_audio_cache, build_text_cache
+
+    config = model.config
+    if not (config.freeze_audio_encoder or config.freeze_text_encoder):
+        raise ValueError(
+            "--cache_encoder_outputs needs a frozen encoder: set freeze_audio_encoder and/or freeze_text_encoder to true "
+            "in --model_config (a trained encoder's outputs change every step)"
+        )
+    noise = {"min_snr_db": data_args.noise_min_snr_db, "max_snr_db": data_args.noise_max_snr_db, "background_dir": data_args.background_noise_dir}
+    cache_kwargs = {"cache_root": data_args.encoder_cache_dir, "dtype": data_args.cache_dtype}
+    model.to(training_args.device)
+    text_cache = audio_cache = None
+    # The main process builds, the others then find the finished cache.
+    with training_args.main_process_first(desc="encoder output cache"):
+        if config.freeze_text_encoder:
+            text_cache = build_text_cache(model, processor, dataset, **cache_kwargs)
+        if config.freeze_audio_encoder:
+            noisy = data_args.noise_probability > 0 and data_args.cache_num_views > 0
+            audio_cache = build_audio_cache(
+                model, processor, dataset, num_views=data_args.cache_num_views, seed=training_args.seed,
+                augment=make_noise_augmentation(p=1.0, **noise) if noisy else None, noise_settings=noise, **cache_kwargs,
+            )
+    rows = dataset.add_column("clip_index", list(range(len(dataset))))
+    if audio_cache is not None:  # the audio column is never read again: keep the DataLoader off it
+        rows = rows.select_columns(["clip_index", "captions"])
+    collator = CachedCollator(processor, text_cache=text_cache, audio_cache=audio_cache, noise_probability=data_args.noise_probability, **collator_kwargs)
+    return rows, collator
+
+
 def check_output_dir(training_args, run_args):
     """Refuse to write over a saved model unless asked to, or resuming."""
     saved = Path(training_args.output_dir) / "config.json"
@@ -193,17 +230,21 @@ def main(argv=None):
         p=data_args.noise_probability, min_snr_db=data_args.noise_min_snr_db, max_snr_db=data_args.noise_max_snr_db,
         background_dir=data_args.background_noise_dir,
     )
-    train_collator = AtrCollator(
-        processor, training=True, augment=augment, seed=training_args.seed,
-        rank=training_args.process_index, world_size=training_args.world_size,
+    collator_kwargs = dict(
+        augment=augment, seed=training_args.seed, rank=training_args.process_index, world_size=training_args.world_size,
         processor_kwargs={"max_train_chunks": data_args.max_train_chunks},
     )
+    train_dataset = splits["train"]
+    if data_args.cache_encoder_outputs:
+        train_dataset, train_collator = cached_training_data(model, processor, train_dataset, data_args, training_args, collator_kwargs)
+    else:
+        train_collator = AtrCollator(processor, training=True, **collator_kwargs)
     eval_collator = AtrCollator(processor, training=False)
     card_kwargs = {"dataset": data_args.dataset, "data_args": vars(data_args)}
     trainer = AtrTrainer(
         model=model,
         args=training_args,
-        train_dataset=splits["train"],
+        train_dataset=train_dataset,
         eval_dataset=splits["eval"],
         data_collator=train_collator,
         eval_collator=eval_collator,

@@ -240,14 +240,42 @@ class AtrModel(AtrPreTrainedModel):
 
     # ---- encoders -------------------------------------------------------------------------------------------
 
-    def _encode_text_tokens(self, input_ids, attention_mask=None, token_type_ids=None):
+    def get_text_encoder_states(self, input_ids, attention_mask=None, token_type_ids=None):
+        """The text encoder's token states (B, T, H): what `text_hidden_states=` takes (e.g. from `atr.cache`)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None and self._text_accepts_token_type_ids:
             kwargs["token_type_ids"] = token_type_ids
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_text_encoder):
-            hidden = self.text_model(**kwargs).last_hidden_state
+            return self.text_model(**kwargs).last_hidden_state
+
+    def get_audio_encoder_states(self, chunks):
+        """The audio encoder's token states (N, L, H) for N chunk features: what `audio_hidden_states=` takes per chunk."""
+        states = []
+        for start in range(0, chunks.shape[0], self.config.audio_chunk_batch_size):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_audio_encoder):
+                states.append(self.audio_model(chunks[start : start + self.config.audio_chunk_batch_size])[0])
+        return torch.cat(states)
+
+    def _check_precomputed(self, name, frozen):
+        # Precomputed states skip the encoder: training through them would silently never update a trainable one.
+        if self.training and not frozen:
+            raise ValueError(
+                f"{name} bypasses an encoder that is being trained (its freeze_* setting is False): pass raw inputs, "
+                "or freeze that encoder to train from cached encoder outputs"
+            )
+
+    def _encode_text_tokens(self, input_ids, attention_mask=None, token_type_ids=None, text_hidden_states=None):
+        if text_hidden_states is None:
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            hidden = self.get_text_encoder_states(input_ids, attention_mask, token_type_ids)
+        else:
+            self._check_precomputed("text_hidden_states", self.config.freeze_text_encoder)
+            hidden = text_hidden_states
+            if attention_mask is None:
+                attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
         return self.text_head(hidden, attention_mask), attention_mask
 
     def _pool_text(self, tokens, mask):
@@ -262,13 +290,19 @@ class AtrModel(AtrPreTrainedModel):
             pooled = tokens[torch.arange(tokens.shape[0], device=tokens.device), last]
         return self.text_projection(pooled)
 
-    def _encode_audio_chunks(self, chunks, keep_tokens=False):
-        """Run real chunks (N, ...) through encoder and head in bounded mini-batches: chunk embeddings (N, D) [+ tokens]."""
+    def _encode_audio_chunks(self, chunks, keep_tokens=False, precomputed=False):
+        """Run real chunks (N, ...) through encoder and head in bounded mini-batches: chunk embeddings (N, D) [+ tokens].
+
+        With `precomputed=True` the chunks are already the encoder's token states (N, L, H), every token real.
+        """
         embeds, tokens, masks = [], [], []
         for start in range(0, chunks.shape[0], self.config.audio_chunk_batch_size):
             batch = chunks[start : start + self.config.audio_chunk_batch_size]
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_audio_encoder):
-                hidden, mask = self.audio_model(batch)
+            if precomputed:
+                hidden, mask = batch, None
+            else:
+                with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_audio_encoder):
+                    hidden, mask = self.audio_model(batch)
             refined = self.audio_head(hidden, mask)
             embeds.append(self.audio_projection(masked_mean(refined, mask)))
             if keep_tokens:
@@ -278,8 +312,13 @@ class AtrModel(AtrPreTrainedModel):
             return torch.cat(embeds), torch.cat(tokens), torch.cat(masks)
         return torch.cat(embeds), None, None
 
-    def _audio_chunks(self, input_features, chunk_mask, keep_tokens=False):
-        """Chunk embeddings (B, C, D) and mask (B, C) from chunked features; padding chunks are never encoded."""
+    def _audio_chunks(self, input_features, chunk_mask, keep_tokens=False, precomputed=False):
+        """Chunk embeddings (B, C, D) and mask (B, C) from chunked features (or encoder states); padding chunks are never encoded."""
+        if precomputed and input_features.dim() != 4:
+            raise ValueError(
+                f"audio_hidden_states has shape {tuple(input_features.shape)}, expected (batch, chunks, tokens, hidden): "
+                "the audio encoder's states per chunk, e.g. from atr.cache"
+            )
         if input_features.dim() < 3:
             raise ValueError(
                 f"input_features has shape {tuple(input_features.shape)}, expected (batch, chunks, ...): "
@@ -292,7 +331,7 @@ class AtrModel(AtrPreTrainedModel):
         if not chunk_mask.any(dim=1).all():
             raise ValueError("chunk_mask has a clip with no real chunk: every clip needs at least one chunk_mask=1 entry")
         real = input_features[chunk_mask]
-        embeds, tokens, token_mask = self._encode_audio_chunks(real, keep_tokens)
+        embeds, tokens, token_mask = self._encode_audio_chunks(real, keep_tokens, precomputed)
         chunk_embeds = embeds.new_zeros(batch, num_chunks, embeds.shape[-1])
         chunk_embeds[chunk_mask] = embeds
         if not keep_tokens:
@@ -325,6 +364,8 @@ class AtrModel(AtrPreTrainedModel):
         input_features=None,
         chunk_mask=None,
         return_loss=None,
+        audio_hidden_states=None,
+        text_hidden_states=None,
         **kwargs,
     ) -> AtrOutput:
         r"""Embed audio and/or text; with `return_loss=True` and both modalities, also compute the hybrid loss.
@@ -335,17 +376,30 @@ class AtrModel(AtrPreTrainedModel):
         clip), s = min(exp(logit_scale), logit_scale_max), negatives are gathered across processes when distributed,
         and a~_i, t~_i are the L2-normalised training-only pair embeddings: audio and text tokens refined by bidirectional
         cross-modal attention (when enabled), the audio chunks pooled with the refined caption embedding as query.
+
+        `audio_hidden_states` (B, C, L, H) with `chunk_mask`, and `text_hidden_states` (B, T, H) with `attention_mask`,
+        replace `input_features` / `input_ids` by the frozen encoders' precomputed outputs (`atr.cache`): only the
+        heads, attention, pooling and loss run.
         """
-        if input_features is None and input_ids is None:
+        for raw, states in (("input_features", "audio_hidden_states"), ("input_ids", "text_hidden_states")):
+            if locals()[raw] is not None and locals()[states] is not None:
+                raise ValueError(f"forward got both {raw} and {states}: pass one of them")
+        has_text, has_audio = input_ids is not None or text_hidden_states is not None, input_features is not None or audio_hidden_states is not None
+        if not (has_text or has_audio):
             raise ValueError("forward needs input_features (audio), input_ids (text) or both")
-        want_loss = bool(return_loss) and input_features is not None and input_ids is not None
+        want_loss = bool(return_loss) and has_audio and has_text
         text_embeds = audio_embeds = chunk_weights = logits_per_audio = logits_per_text = None
         loss = loss_contrastive = loss_cosine = loss_l1 = None
-        if input_ids is not None:
-            text_tokens, text_mask = self._encode_text_tokens(input_ids, attention_mask, token_type_ids)
+        if has_text:
+            text_tokens, text_mask = self._encode_text_tokens(input_ids, attention_mask, token_type_ids, text_hidden_states)
             text_embeds = F.normalize(self._pool_text(text_tokens, text_mask), dim=-1)
-        if input_features is not None:
-            chunk_embeds, chunk_mask, audio_seq, audio_seq_mask = self._audio_chunks(input_features, chunk_mask, keep_tokens=want_loss)
+        if has_audio:
+            if audio_hidden_states is not None:
+                self._check_precomputed("audio_hidden_states", self.config.freeze_audio_encoder)
+            chunk_embeds, chunk_mask, audio_seq, audio_seq_mask = self._audio_chunks(
+                input_features if audio_hidden_states is None else audio_hidden_states, chunk_mask,
+                keep_tokens=want_loss, precomputed=audio_hidden_states is not None,
+            )
             pooled, chunk_weights = self.chunk_pooling(chunk_embeds, chunk_mask)
             audio_embeds = F.normalize(pooled, dim=-1)
         if text_embeds is not None and audio_embeds is not None:

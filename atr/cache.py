@@ -1,0 +1,292 @@
+"""Frozen-encoder output cache: encode every clip (K noisy views + the clean one) and caption once, train the heads from disk.
+
+With frozen encoders their outputs never change, so training only needs the heads, attention, pooling and loss.
+`build_text_cache` / `build_audio_cache` store the encoders' token states in an Arrow file under a directory named by
+a fingerprint of everything that determines them (data, encoder weights, feature extractor / tokenizer settings,
+number of views, seed, noise settings); anything else gets a new directory, so a stale cache is never read.
+`CachedCollator` turns training rows into `text_hidden_states` / `audio_hidden_states` batches for `AtrModel.forward`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from datasets import Array2D, Array3D, Dataset, Features, IterableDataset, Value
+from datasets.arrow_writer import ArrowWriter
+
+from .data import AtrCollator, decode_audio
+
+logger = logging.getLogger(__name__)
+
+# Bump when what is stored (or how) changes: it is part of every fingerprint.
+CACHE_FORMAT_VERSION = 1
+DATA_FILE, META_FILE = "data.arrow", "meta.json"
+
+
+def default_cache_root() -> Path:
+    """Where caches live unless told otherwise: next to the `datasets` cache (honours HF_DATASETS_CACHE / HF_HOME)."""
+    import datasets.config
+
+    return Path(datasets.config.HF_DATASETS_CACHE).parent / "atr_encoder_outputs"
+
+
+def module_fingerprint(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's config (when it has one) and every parameter and buffer: names, dtypes, shapes and bytes."""
+    digest = hashlib.sha256()
+    config = getattr(module, "config", None)
+    if config is not None:
+        digest.update(config.to_json_string(use_diff=False).encode())
+    for name, tensor in module.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """SHA-256 of a tokenizer's vocabulary/pipeline and the settings that change its output."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    settings = [type(tokenizer).__name__, tokenizer.model_max_length, tokenizer.padding_side, tokenizer.truncation_side]
+    return hashlib.sha256((body + json.dumps(settings)).encode()).hexdigest()
+
+
+def _dataset_fingerprint(dataset) -> str:
+    if isinstance(dataset, IterableDataset) or not getattr(dataset, "_fingerprint", None):
+        raise ValueError(
+            f"cannot cache encoder outputs for a {type(dataset).__name__}: it has no fingerprint to key the cache on; "
+            "load the dataset without streaming=True, or train without --cache_encoder_outputs"
+        )
+    return dataset._fingerprint
+
+
+def _fingerprint(parts: dict) -> str:
+    return hashlib.sha256(json.dumps({"format": CACHE_FORMAT_VERSION, **parts}, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def text_cache_fingerprint(model, processor, dataset, text_options: dict | None = None) -> str:
+    """Key of the text cache: dataset, text encoder weights, tokenizer and tokenizer options."""
+    return _fingerprint({
+        "kind": "text", "data": _dataset_fingerprint(dataset), "encoder": module_fingerprint(model.text_model),
+        "tokenizer": tokenizer_fingerprint(processor.tokenizer), "text_options": text_options or {},
+    })
+
+
+def audio_cache_fingerprint(model, processor, dataset, num_views: int, seed: int, noise_settings: dict | None = None) -> str:
+    """Key of the audio cache: dataset, audio encoder weights, feature-extractor settings, views, seed and noise settings."""
+    return _fingerprint({
+        "kind": "audio", "data": _dataset_fingerprint(dataset), "encoder": module_fingerprint(model.audio_model),
+        "features": processor.feature_extractor.to_json_string(), "num_views": num_views, "seed": seed,
+        "noise": (noise_settings or {}) if num_views else {},
+    })
+
+
+def view_seed(seed: int, clip_index: int, view: int) -> int:
+    """The augmentation seed of noisy view `view` (1..K) of clip `clip_index`; view 0 is the clean clip."""
+    return int(np.random.default_rng([seed, clip_index, view]).integers(0, 2**32))
+
+
+def _cached(directory: Path) -> Dataset | None:
+    if (directory / META_FILE).is_file() and (directory / DATA_FILE).is_file():
+        return Dataset.from_file(str(directory / DATA_FILE))
+    return None
+
+
+def _write(directory: Path, features: Features, rows, meta: dict) -> Dataset:
+    """Write rows to a temporary folder and move it into place, so a crashed build never looks like a finished cache."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    with ArrowWriter(features=features, path=str(tmp / DATA_FILE)) as writer:
+        for row in rows:
+            writer.write(row)
+        writer.finalize()
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+    if directory.exists():  # another process finished the same cache first: identical content, keep theirs
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, directory)
+    return Dataset.from_file(str(directory / DATA_FILE))
+
+
+@torch.no_grad()
+def build_text_cache(model, processor, dataset, cache_root=None, batch_size: int = 64, dtype: str = "float32",
+                     text_options: dict | None = None) -> Dataset:
+    """Text encoder states of every caption of `dataset` (rows clip-major, caption-minor), built once and reused.
+
+    Each row holds `clip`, `caption` (its index in the clip's captions) and `text_states` (real tokens only, T_i x H).
+    """
+    if not model.config.freeze_text_encoder:
+        raise ValueError("build_text_cache needs a frozen text encoder (freeze_text_encoder=True): a trained one changes its outputs")
+    text_options = dict(text_options or {})
+    key = text_cache_fingerprint(model, processor, dataset, text_options)
+    directory = Path(cache_root or default_cache_root()) / f"text-{key}"
+    if (found := _cached(directory)) is not None:
+        logger.info("text encoder cache found: %s", directory)
+        return found
+    logger.info("building the text encoder cache in %s", directory)
+    model.eval()
+    device = next(model.parameters()).device
+    captions = dataset["captions"]
+    pairs = [(clip, index, text) for clip, texts in enumerate(captions) for index, text in enumerate(texts)]
+
+    def rows():
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            batch = processor(text=[text for _, _, text in chunk], return_tensors="pt", **text_options).to(device)
+            states = model.get_text_encoder_states(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+            for (clip, index, _), state, mask in zip(chunk, states, batch["attention_mask"].bool()):
+                yield {"clip": clip, "caption": index, "text_states": state[mask].float().cpu().numpy().astype(dtype)}
+
+    width = model.config.text_config.hidden_size
+    features = Features({"clip": Value("int64"), "caption": Value("int64"), "text_states": Array2D(shape=(None, width), dtype=dtype)})
+    meta = {"kind": "text", "fingerprint": key, "clips": len(captions), "captions": len(pairs), "dtype": dtype}
+    return _write(directory, features, rows(), meta)
+
+
+@torch.no_grad()
+def build_audio_cache(model, processor, dataset, cache_root=None, num_views: int = 4, seed: int = 0, augment=None,
+                      noise_settings: dict | None = None, batch_size: int = 16, dtype: str = "float32") -> Dataset:
+    """Audio encoder states of every clip: view 0 clean, views 1..K with `augment` (seeded by `view_seed`); built once.
+
+    Rows are clip-major, view-minor (row = clip * (K + 1) + view), each with `clip`, `view` and `audio_states`
+    (chunks x L x H, every chunk of the clip). `augment` should always add noise (p=1): how often a noisy view is
+    used is decided at training time by `CachedCollator(noise_probability=...)`. `noise_settings` describes
+    `augment` for the fingerprint (an audiomentations transform cannot describe itself).
+    """
+    if not model.config.freeze_audio_encoder:
+        raise ValueError("build_audio_cache needs a frozen audio encoder (freeze_audio_encoder=True): a trained one changes its outputs")
+    num_views = int(num_views) if augment is not None else 0
+    key = audio_cache_fingerprint(model, processor, dataset, num_views, seed, noise_settings)
+    directory = Path(cache_root or default_cache_root()) / f"audio-{key}"
+    if (found := _cached(directory)) is not None:
+        logger.info("audio encoder cache found: %s", directory)
+        return found
+    logger.info("building the audio encoder cache (%d clips x %d views) in %s", len(dataset), num_views + 1, directory)
+    model.eval()
+    device = next(model.parameters()).device
+    extractor = processor.feature_extractor
+    augmenter = AtrCollator(processor, augment=augment)  # its seeded `_augment` is the one the uncached path uses
+
+    def rows():
+        for start in range(0, len(dataset), batch_size):
+            clean = [decode_audio(audio, extractor.sampling_rate) for audio in dataset[start : start + batch_size]["audio"]]
+            views = [[wave] + [augmenter._augment(wave, view_seed(seed, start + i, v)) for v in range(1, num_views + 1)]
+                     for i, wave in enumerate(clean)]
+            flat = [wave for clip_views in views for wave in clip_views]
+            batch = extractor(flat, sampling_rate=extractor.sampling_rate, return_tensors="pt")
+            mask = batch["chunk_mask"].bool()
+            states = model.get_audio_encoder_states(batch["input_features"].to(device)[mask.to(device)]).float().cpu()
+            per_view = torch.split(states, mask.sum(1).tolist())
+            for row, clip_states in enumerate(per_view):
+                yield {"clip": start + row // (num_views + 1), "view": row % (num_views + 1), "audio_states": clip_states.numpy().astype(dtype)}
+
+    tokens, width = _audio_token_shape(model, extractor)
+    features = Features({
+        "clip": Value("int64"), "view": Value("int64"), "audio_states": Array3D(shape=(None, tokens, width), dtype=dtype),
+    })
+    meta = {"kind": "audio", "fingerprint": key, "clips": len(dataset), "views": num_views + 1, "seed": seed, "dtype": dtype}
+    return _write(directory, features, rows(), meta)
+
+
+@torch.no_grad()
+def _audio_token_shape(model, extractor) -> tuple[int, int]:
+    """(tokens per chunk, hidden size) of the audio encoder, from one silent chunk."""
+    was_training = model.training
+    probe = torch.zeros(1, *extractor.chunk_feature_shape, device=next(model.parameters()).device)
+    shape = tuple(model.get_audio_encoder_states(probe).shape[1:])
+    model.train(was_training)
+    return shape
+
+
+def _pad(arrays: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad a list of (n_i, ...) tensors to (B, max n, ...) and return it with its (B, max n) int64 mask."""
+    padded = torch.nn.utils.rnn.pad_sequence(arrays, batch_first=True)
+    lengths = torch.tensor([len(a) for a in arrays])
+    return padded, (torch.arange(padded.shape[1]) < lengths[:, None]).long()
+
+
+class CachedCollator(AtrCollator):
+    """AtrCollator that takes the frozen encoders' states from the caches instead of running the encoders.
+
+    Rows need `clip_index` (the clip's row in the dataset the caches were built from) and `captions`; `audio` too when
+    there is no audio cache. The caption of each clip is drawn exactly as `AtrCollator` draws it (same seeded
+    per-batch streams, so resuming and multi-process runs behave the same). With an audio cache, a clip uses a
+    noisy view (1..K, uniformly) with probability `noise_probability`, else the clean view 0; without one, audio is
+    decoded, augmented and featurised as `AtrCollator` does. Evaluation is not cached: use `AtrCollator` for it.
+    """
+
+    def __init__(self, processor, text_cache: Dataset | None = None, audio_cache: Dataset | None = None,
+                 noise_probability: float = 0.5, **kwargs):
+        if text_cache is None and audio_cache is None:
+            raise ValueError("CachedCollator needs text_cache=, audio_cache= or both: otherwise use AtrCollator")
+        super().__init__(processor, training=True, **kwargs)
+        self.text_cache = None if text_cache is None else text_cache.with_format("torch", columns=["text_states"])
+        self.audio_cache = None if audio_cache is None else audio_cache.with_format("torch", columns=["audio_states"])
+        self.noise_probability = float(noise_probability)
+        self.num_views = 0
+        if audio_cache is not None:
+            clips = int(audio_cache[len(audio_cache) - 1]["clip"]) + 1
+            self.num_views = len(audio_cache) // clips - 1
+        if text_cache is not None:
+            # Row of a clip's first caption: the cache is clip-major, so offsets are a running count per clip.
+            counts = np.bincount(text_cache.with_format("numpy")["clip"][:])
+            self.caption_offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+
+    def _view(self, seed: int) -> int:
+        """Which cached view a row uses: noisy (1..K) with probability noise_probability, else clean (0)."""
+        rng = np.random.default_rng([int(seed), 1])  # a stream of its own: caption and chunk draws stay as uncached
+        if self.num_views == 0 or rng.random() >= self.noise_probability:
+            return 0
+        return 1 + int(rng.integers(self.num_views))
+
+    def _sample_chunks(self, states: list[torch.Tensor], generator: np.random.Generator) -> list[torch.Tensor]:
+        """Keep at most max_train_chunks chunks per clip, drawn as the feature extractor draws them."""
+        cap = self.processor_kwargs.get("max_train_chunks") or self.processor.feature_extractor.max_train_chunks
+        if cap is None:
+            return states
+        return [s[np.sort(generator.choice(len(s), size=cap, replace=False))] if len(s) > cap else s for s in states]
+
+    def __call__(self, rows: list[dict]):
+        """Collates a list of training rows into one batch of cached encoder states (and raw inputs where not cached)."""
+        if not rows:
+            raise ValueError("CachedCollator got an empty list of rows: the DataLoader produced an empty batch")
+        if "clip_index" not in rows[0]:
+            raise ValueError("CachedCollator rows need a clip_index column: the row number in the dataset the cache was built from")
+        seeds = self._row_seeds(len(rows))
+        clips = [int(row["clip_index"]) for row in rows]
+        choices = [int(seed % len(row["captions"])) for row, seed in zip(rows, seeds)]
+        generator = np.random.default_rng([self.seed, int(seeds[0])])
+        batch = {"return_loss": True}
+        if self.text_cache is not None:
+            text = self.text_cache[[int(self.caption_offsets[c] + i) for c, i in zip(clips, choices)]]["text_states"]
+            batch["text_hidden_states"], batch["attention_mask"] = _pad([t.float() for t in text])
+        else:
+            texts = [row["captions"][i] for row, i in zip(rows, choices)]
+            batch.update(self.processor(text=texts, return_tensors="pt"))
+        if self.audio_cache is not None:
+            indices = [c * (self.num_views + 1) + self._view(seed) for c, seed in zip(clips, seeds)]
+            states = self._sample_chunks([a.float() for a in self.audio_cache[indices]["audio_states"]], generator)
+            batch["audio_hidden_states"], batch["chunk_mask"] = _pad(states)
+        else:
+            waves = [decode_audio(row["audio"], self.sampling_rate) for row in rows]
+            if self.augment is not None:
+                waves = [self._augment(wave, seed) for wave, seed in zip(waves, seeds)]
+            options = {**self.processor_kwargs, "training": True, "generator": generator}
+            batch.update(self.processor(audio=waves, sampling_rate=self.sampling_rate, return_tensors="pt", **options))
+        return batch
+
+
+__all__ = [
+    "CachedCollator", "audio_cache_fingerprint", "build_audio_cache", "build_text_cache", "default_cache_root",
+    "module_fingerprint", "text_cache_fingerprint", "tokenizer_fingerprint", "view_seed",
+]

@@ -1,0 +1,156 @@
+"""Frozen-encoder output cache: same loss as the uncached path, cache contents, invalidation, and train.py end to end."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tiny import tiny_atr_config, tiny_tokenizer
+
+from atr import AtrFeatureExtractor, AtrModel, AtrProcessor
+from atr.cache import CachedCollator, build_audio_cache, build_text_cache, view_seed
+from atr.data import AtrCollator, decode_audio, load_audio_text_dataset, make_noise_augmentation
+
+ROOT = Path(__file__).resolve().parents[1]
+NOISE = {"min_snr_db": 5.0, "max_snr_db": 15.0}
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """A tiny frozen-encoder model (Whisper + BERT), its processor and 6 synthetic clips with a clip_index column."""
+    torch.manual_seed(0)
+    config = tiny_atr_config(audio="whisper", text="bert", text_pooling="mean", freeze_audio_encoder=True, freeze_text_encoder=True)
+    model = AtrModel(config).eval()
+    extractor = AtrFeatureExtractor.from_audio_config(config.audio_config, window_s=2.0)
+    processor = AtrProcessor(extractor, tiny_tokenizer())
+    dataset = load_audio_text_dataset("synthetic", "train", load_kwargs={"n": 6, "max_duration_s": 6.0})
+    return model, processor, dataset
+
+
+def with_index(dataset):
+    """The training rows the cached collator reads: clip_index plus the original columns."""
+    return dataset.add_column("clip_index", list(range(len(dataset))))
+
+
+def loss_of(model, batch):
+    """The hybrid loss of one batch in eval mode (no dropout), as a float."""
+    with torch.no_grad():
+        return model(**batch).loss.item()
+
+
+def test_text_cache_gives_the_uncached_loss(setup, tmp_path):
+    model, processor, dataset = setup
+    augment = make_noise_augmentation(p=0.5, **NOISE)
+    text_cache = build_text_cache(model, processor, dataset, tmp_path, batch_size=4)
+    rows = list(with_index(dataset))
+    # Same seed: the same captions are drawn and the same noise is mixed into the (uncached) audio.
+    cached = CachedCollator(processor, text_cache=text_cache, augment=augment, seed=3)(rows)
+    uncached = AtrCollator(processor, training=True, augment=augment, seed=3)(rows)
+    assert "input_ids" not in cached and cached["text_hidden_states"].shape[-1] == model.config.text_config.hidden_size
+    assert torch.equal(cached["input_features"], uncached["input_features"])
+    assert loss_of(model, cached) == pytest.approx(loss_of(model, uncached), abs=1e-5)
+
+
+def test_full_cache_gives_the_uncached_loss_with_chunk_sampling(setup, tmp_path):
+    model, processor, dataset = setup
+    text_cache = build_text_cache(model, processor, dataset, tmp_path)
+    audio_cache = build_audio_cache(model, processor, dataset, tmp_path, num_views=2, augment=make_noise_augmentation(p=1.0, **NOISE))
+    rows = list(with_index(dataset))
+    kwargs = {"seed": 5, "processor_kwargs": {"max_train_chunks": 1}}
+    # noise_probability=0: every clip uses its clean view, which is what the uncached collator without noise sees.
+    collator = CachedCollator(processor, text_cache=text_cache, audio_cache=audio_cache, noise_probability=0.0, **kwargs)
+    cached = collator(rows)
+    uncached = AtrCollator(processor, training=True, augment=None, **kwargs)(rows)
+    assert cached["audio_hidden_states"].shape[:2] == uncached["chunk_mask"].shape == (6, 1)
+    assert uncached["chunk_boundaries"].shape[1] == 1
+    assert loss_of(model, cached) == pytest.approx(loss_of(model, uncached), abs=1e-5)
+    # Losses across several batches with chunk counts > 1 (no cap) also agree.
+    for seed in (0, 1):
+        cached = CachedCollator(processor, text_cache=text_cache, audio_cache=audio_cache, noise_probability=0.0, seed=seed)(rows)
+        uncached = AtrCollator(processor, training=True, seed=seed)(rows)
+        assert uncached["chunk_mask"].shape[1] > 1
+        assert loss_of(model, cached) == pytest.approx(loss_of(model, uncached), abs=1e-5)
+
+
+def test_noisy_views_hold_the_encoder_states_of_the_seeded_augmented_audio(setup, tmp_path):
+    model, processor, dataset = setup
+    augment = make_noise_augmentation(p=1.0, **NOISE)
+    cache = build_audio_cache(model, processor, dataset, tmp_path, num_views=2, seed=7, augment=augment).with_format("torch")
+    assert len(cache) == 6 * 3 and cache[4]["clip"] == 1 and cache[4]["view"] == 1
+    extractor = processor.feature_extractor
+    wave = decode_audio(dataset[1]["audio"], extractor.sampling_rate)
+    noisy = AtrCollator(processor, augment=augment)._augment(wave, view_seed(7, 1, 1))
+    for view, audio in ((0, wave), (1, noisy)):
+        features = extractor(audio, sampling_rate=extractor.sampling_rate, return_tensors="pt")
+        with torch.no_grad():
+            expected = model.get_audio_encoder_states(features["input_features"][features["chunk_mask"].bool()])
+        torch.testing.assert_close(cache[3 + view]["audio_states"], expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(cache[3]["audio_states"], cache[4]["audio_states"])
+    # noise_probability=1: every row uses a noisy view.
+    collator = CachedCollator(processor, audio_cache=cache, noise_probability=1.0)
+    assert collator.num_views == 2 and all(collator._view(seed) in (1, 2) for seed in range(20))
+
+
+def test_cache_is_reused_and_invalidated(setup, tmp_path):
+    model, processor, dataset = setup
+    augment = make_noise_augmentation(p=1.0, **NOISE)
+    build = lambda m=model, p=processor, d=dataset, **kw: build_audio_cache(m, p, d, tmp_path, augment=augment, **{"num_views": 1, **kw})  # noqa: E731
+    first = build()
+    calls = []
+    hook = model.audio_model.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        assert build().cache_files == first.cache_files and not calls  # reused: the encoder never ran
+        # The same data loaded again has the same fingerprint.
+        again = load_audio_text_dataset("synthetic", "train", load_kwargs={"n": 6, "max_duration_s": 6.0})
+        assert build(d=again).cache_files == first.cache_files and not calls
+    finally:
+        hook.remove()
+    other_model = AtrModel(model.config).eval()  # different random weights
+    other_extractor = AtrProcessor(AtrFeatureExtractor.from_audio_config(model.config.audio_config, window_s=1.5), processor.tokenizer)
+    variants = [build(num_views=2), build(seed=1), build(m=other_model), build(p=other_extractor), build(d=dataset.select(range(5)))]
+    files = {v.cache_files[0]["filename"] for v in variants} | {first.cache_files[0]["filename"]}
+    assert len(files) == 6
+    text = build_text_cache(model, processor, dataset, tmp_path)
+    assert build_text_cache(model, processor, dataset, tmp_path, text_options={"max_length": 4}).cache_files != text.cache_files
+
+
+def test_errors_name_the_problem(setup, tmp_path):
+    model, processor, dataset = setup
+    trainable = AtrModel(tiny_atr_config(audio="whisper", text="bert", freeze_audio_encoder=False))
+    with pytest.raises(ValueError, match="frozen audio encoder"):
+        build_audio_cache(trainable, processor, dataset, tmp_path)
+    states = torch.zeros(2, 1, 50, 16)
+    with pytest.raises(ValueError, match="bypasses an encoder that is being trained"):
+        trainable.train()(audio_hidden_states=states, input_ids=torch.ones(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="both input_features and audio_hidden_states"):
+        model(input_features=torch.zeros(2, 1, 80, 100), audio_hidden_states=states)
+    with pytest.raises(ValueError, match="clip_index"):
+        CachedCollator(processor, text_cache=build_text_cache(model, processor, dataset, tmp_path))(list(dataset))
+    with pytest.raises(ValueError, match="streaming"):
+        build_text_cache(model, processor, dataset.to_iterable_dataset(), tmp_path)
+
+
+def test_train_py_with_cached_encoder_outputs(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    import train
+    from test_train import TINY
+    from transformers import BertModel
+
+    from tiny import tiny_bert_config
+
+    text_dir = tmp_path / "bert"
+    torch.manual_seed(0)
+    BertModel(tiny_bert_config()).save_pretrained(text_dir)
+    tiny_tokenizer().save_pretrained(text_dir)
+    base = ["--config", TINY, "--text_backbone", str(text_dir), "--eval_split", "", "--max_steps", "4", "--save_strategy", "no",
+            "--encoder_cache_dir", str(tmp_path / "cache"), "--cache_encoder_outputs"]
+    frozen = '{"projection_dim": 16, "head_hidden_size": 32, "head_heads": 4, "cross_modal_heads": 4, "freeze_audio_encoder": true}'
+    trainer, results = train.main([*base, "--output_dir", str(tmp_path / "a"), "--model_config", frozen, "--cache_num_views", "1"])
+    assert isinstance(trainer.data_collator, CachedCollator) and trainer.data_collator.num_views == 1
+    assert trainer.data_collator.text_cache is not None and 0 <= results["test_t2a_mAP10"] <= 1
+    assert np.isfinite([log["loss"] for log in trainer.state.log_history if "loss" in log]).all()
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()) == ["audio", "text"]
+    # The tiny config trains its audio encoder: only the (frozen) text encoder's outputs are cached.
+    trainer, _ = train.main([*base, "--output_dir", str(tmp_path / "b")])
+    assert trainer.data_collator.audio_cache is None and trainer.data_collator.text_cache is not None
