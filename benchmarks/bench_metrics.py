@@ -49,7 +49,7 @@ def main():
     seconds = time.perf_counter() - start
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"problem: {args.num} queries x {args.num} candidates, dim {args.dim}, block_size {block_size}")
-    print(f"metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in results.items() if k != "per_query"))
+    print("metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in results.items() if k != "per_query"))
     print(f"time: {seconds:.1f} s")
     rss_peak = status_mib("VmHWM")
     print(f"RSS before the metrics call (inputs loaded): {rss_inputs:.0f} MiB; peak during it: {rss_peak:.0f} MiB "
