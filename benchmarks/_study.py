@@ -50,7 +50,7 @@ def study_parser(description, name, **defaults):
     parser.add_argument("--max_test_samples", type=int, default=None)
     parser.add_argument("--encoder", default=str(ROOT / "outputs" / "study_encoder"), help="trained atr model whose encoders are frozen and reused; trained by train.py when missing")
     parser.add_argument("--encoder_config", default=str(ROOT / "configs" / "demo.yaml"), help="train.py config for training the study encoder")
-    parser.add_argument("--encoder_steps", type=int, default=150, help="train.py --max_steps for the study encoder")
+    parser.add_argument("--encoder_steps", type=int, default=150, help="train.py --max_steps for the study encoder; 0 = keep its audio encoder untrained (random)")
     parser.add_argument("--text_backbone", default=None, help="text encoder for the study encoder (default: the config's)")
     parser.add_argument("--samples_seen", type=int, default=12800, help="training pairs each head sees (steps = samples_seen / batch size)")
     parser.add_argument("--batch_size", type=int, default=16)
@@ -87,8 +87,14 @@ def ensure_encoder(args):
                 "--evaluate_test", "false", "--overwrite_output_dir", "true", "--disable_tqdm", "true"]
         if args.text_backbone:
             argv += ["--text_backbone", args.text_backbone]
-        logger.info("training the study encoder: python train.py %s", " ".join(argv))
-        train.main(argv)
+        if args.encoder_steps > 0:
+            logger.info("training the study encoder: python train.py %s", " ".join(argv))
+            train.main(argv)
+        else:  # a randomly initialised (untrained) audio encoder: the cheapest stand-in when no time is left to train one
+            model_args = train.parse_args(argv)[0]
+            model, processor = train.build_model_and_processor(model_args)
+            model.save_pretrained(encoder)
+            processor.save_pretrained(encoder)
     model = AtrModel.from_pretrained(encoder).eval()
     return model, AtrProcessor.from_pretrained(encoder)
 
@@ -357,14 +363,14 @@ def markdown_table(rows, group_keys, metric_keys=METRIC_KEYS):
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(args, name, runs, rows, table, figure, started):
+def write_outputs(args, name, runs, rows, table, figure, started, argv=None):
     """Write results.json (runs, summary, settings, provenance), results.md (the table) and the plot PNG to output_dir."""
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     elapsed = time.perf_counter() - started
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     save_results(output_dir / "results.json", study=name, settings=vars(args), runs=runs, summary=rows, seconds=elapsed, load_average=load)
-    command = "python benchmarks/" + name + ".py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/" + name + ".py " + " ".join(sys.argv[1:] if argv is None else argv)
     (output_dir / "results.md").write_text(
         f"{table}\n`{command.strip()}`: {elapsed / 60:.1f} min on {os.cpu_count()} CPU cores, load average {load}\n"
     )

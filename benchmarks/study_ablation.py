@@ -60,7 +60,7 @@ def main(argv=None):
                                metrics["t2a_mAP10"], metrics["a2t_mAP10"], runs[-1]["seconds"])
     rows = _study.summarise(runs, ("variant",))
     table = _study.markdown_table(rows, ("variant",))
-    _study.write_outputs(args, NAME, runs, rows, table, plot(rows), started)
+    _study.write_outputs(args, NAME, runs, rows, table, plot(rows), started, argv)
     return rows
 
 

@@ -61,7 +61,7 @@ def main(argv=None):
                                    metrics["t2a_mAP10"], metrics["a2t_mAP10"], runs[-1]["seconds"])
     rows = _study.summarise(runs, ("loss", "batch_size"))
     table = _study.markdown_table(rows, ("loss", "batch_size"))
-    _study.write_outputs(args, NAME, runs, rows, table, plot(rows, batch_sizes), started)
+    _study.write_outputs(args, NAME, runs, rows, table, plot(rows, batch_sizes), started, argv)
     return rows
 
 

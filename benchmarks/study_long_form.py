@@ -119,7 +119,7 @@ def main(argv=None):
         f"{args.crop_s:g} s in {100 * np.mean(overlap):.0f}% of them; chunks per clip after silence-aware chunking: "
         f"mean {chunks.mean():.1f}, max {int(chunks.max())}.\n"
     )
-    _study.write_outputs(args, NAME, runs, rows, table, plot(rows, list(conditions)), started)
+    _study.write_outputs(args, NAME, runs, rows, table, plot(rows, list(conditions)), started, argv)
     return rows
 
 

@@ -92,7 +92,7 @@ def main(argv=None):
             _study.logger.info("run took %.0f s", time.perf_counter() - run_start)
     rows = _study.summarise(runs, ("training", "test"))
     table = _study.markdown_table(rows, ("training", "test"))
-    _study.write_outputs(args, NAME, runs, rows, table, plot(rows, list(test_audio)), started)
+    _study.write_outputs(args, NAME, runs, rows, table, plot(rows, list(test_audio)), started, argv)
     return rows
 
 
