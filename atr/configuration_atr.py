@@ -22,6 +22,9 @@ class AtrConfig(PreTrainedConfig):
         cross_modal_heads: heads of the cross-modal attention.
         text_pooling: `cls`, `mean` or `last_token` (decoder LLMs) pooling of the text tokens.
         lambda_cosine / lambda_l1 / lambda_contrastive: hybrid-loss weights.
+        alignment_warmup_steps: AtrTrainer ramps the cosine and L1 weights linearly from 0 over this many steps. An
+            encoder trained from scratch starts with near-identical outputs, where the alignment terms alone collapse
+            every embedding onto one point (a fixed point the contrastive term cannot leave); 0 keeps full weights.
         logit_scale_init_value: initial value of the learnable temperature's logit scale (1/0.07).
         logit_scale_max: the logit scale is clamped at this value (100) in the forward pass.
         freeze_audio_encoder / freeze_text_encoder: keep a backbone frozen (eval mode, no gradients).
@@ -48,6 +51,7 @@ class AtrConfig(PreTrainedConfig):
     lambda_cosine: float = 1.0
     lambda_l1: float = 1.0
     lambda_contrastive: float = 1.0
+    alignment_warmup_steps: int = 0
     logit_scale_init_value: float = 2.6592
     logit_scale_max: float = 100.0
     freeze_audio_encoder: bool = True

@@ -222,6 +222,8 @@ class AtrModel(AtrPreTrainedModel):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(config.logit_scale_init_value)))
         self.post_init()
         self._apply_freezing()
+        # Multiplies lambda_cosine and lambda_l1; AtrTrainer ramps it during config.alignment_warmup_steps.
+        self.alignment_scale = 1.0
 
     def _apply_freezing(self):
         for encoder, frozen in ((self.audio_model, self.config.freeze_audio_encoder), (self.text_model, self.config.freeze_text_encoder)):
@@ -417,8 +419,7 @@ class AtrModel(AtrPreTrainedModel):
             loss_l1 = (pair_audio - pair_text).abs().mean()
             loss_contrastive = self._contrastive_loss(audio_embeds, text_embeds, scale)
             loss = (
-                self.config.lambda_cosine * loss_cosine
-                + self.config.lambda_l1 * loss_l1
+                self.alignment_scale * (self.config.lambda_cosine * loss_cosine + self.config.lambda_l1 * loss_l1)
                 + self.config.lambda_contrastive * loss_contrastive
             )
         return AtrOutput(

@@ -59,6 +59,9 @@ class AtrTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Hybrid loss from the model's forward; its terms are accumulated for logging."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        warmup = unwrapped.config.alignment_warmup_steps
+        unwrapped.alignment_scale = min(1.0, self.state.global_step / warmup) if warmup else 1.0
         outputs = model(**{**inputs, "return_loss": True})
         if model.training:
             for term in LOSS_TERMS:
