@@ -1,0 +1,130 @@
+"""Training throughput and memory of the demo config: uncached vs the frozen-encoder output cache (steps/s, samples/s, peak RSS).
+
+python benchmarks/bench_training.py [--steps 30] [--train_clips 320] [--modes demo,demo_text_cache,frozen,frozen_cached]
+
+Each mode runs `train.py --config configs/demo.yaml` for --steps steps in its own process (so peak RSS is per mode):
+  demo             the demo as configured (audio encoder trained from scratch, text encoder frozen), uncached
+  demo_text_cache  the same with --cache_encoder_outputs: only the frozen text encoder's outputs are cached
+  frozen           the demo with freeze_audio_encoder: true (the paper's setting: both encoders frozen), uncached
+  frozen_cached    the same with --cache_encoder_outputs (text + audio cached, --cache_num_views noisy views)
+Steps/s are timed from the end of step --warmup to the last step (DataLoader included); the cache build is timed
+separately (`cache_build_s`, the whole cached_training_data call). `cpu_s_per_step` is the process CPU time (all
+threads) per step: on a machine shared with other jobs it is the steadier measure of the work a step costs.
+Prints one JSON line per mode.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "configs" / "demo.yaml"
+MODES = ("demo", "demo_text_cache", "frozen", "frozen_cached")
+
+
+def run_mode(mode, args, workdir):
+    """Train one mode in this process and return its measurements."""
+    sys.path.insert(0, str(ROOT))
+    import torch
+    from transformers import TrainerCallback
+
+    import train
+
+    torch.set_num_threads(args.threads)
+    step_times, cpu_times = [], []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, *unused, **kwargs):
+            step_times.append(time.perf_counter())
+            cpu_times.append(time.process_time())  # all threads of this process: robust to other jobs on the machine
+
+    build = {"s": 0.0}
+    original = train.cached_training_data
+
+    def timed_cache(*a, **kw):
+        start = time.perf_counter()
+        try:
+            return original(*a, **kw)
+        finally:
+            build["s"] = time.perf_counter() - start
+
+    train.cached_training_data = timed_cache
+    original_trainer = train.AtrTrainer
+
+    class ClockedTrainer(original_trainer):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.add_callback(Clock())
+
+    train.AtrTrainer = ClockedTrainer
+    model_config = yaml.safe_load(DEMO.read_text())["model_config"]
+    if mode.startswith("frozen"):
+        model_config = {**model_config, "freeze_audio_encoder": True}
+    argv = [
+        "--config", str(DEMO), "--output_dir", str(workdir / mode), "--max_steps", str(args.steps), "--save_strategy", "no",
+        "--synthetic_sizes", f"{args.train_clips},0,0", "--eval_split", "", "--test_split", "", "--logging_steps", str(args.steps),
+        "--model_config", json.dumps(model_config), "--disable_tqdm", "true", "--encoder_cache_dir", str(workdir / "cache"),
+        "--cache_num_views", str(args.views), "--overwrite_output_dir",
+    ]
+    if mode.endswith("cache") or mode.endswith("cached"):
+        argv.append("--cache_encoder_outputs")
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
+    trainer, _ = train.main(argv)
+    total = time.perf_counter() - start
+    timed = step_times[args.warmup :]
+    steps_per_s = (len(timed) - 1) / (timed[-1] - timed[0])
+    cpu = cpu_times[args.warmup :]
+    cpu_per_step = (cpu[-1] - cpu[0]) / (len(cpu) - 1)
+    batch = trainer.args.per_device_train_batch_size
+    return {
+        "mode": mode, "steps": args.steps, "batch_size": batch, "steps_per_s": round(steps_per_s, 3),
+        "samples_per_s": round(steps_per_s * batch, 1),
+        "cpu_s_per_step": round(cpu_per_step, 3), "cache_build_s": round(build["s"], 1), "total_s": round(total, 1),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), "train_clips": args.train_clips,
+        "cache_num_views": args.views, "threads": args.threads, "loadavg_1min_start": round(load, 2),
+        "loadavg_1min_end": round(os.getloadavg()[0], 2),
+    }
+
+
+def main():
+    """Run every requested mode in a child process and print their JSON lines (and write them to --out)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3, help="steps excluded from the timing")
+    parser.add_argument("--train_clips", type=int, default=320, help="synthetic training clips (the demo uses 2000)")
+    parser.add_argument("--views", type=int, default=4, help="--cache_num_views")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--out", default=None, help="also append the JSON lines to this file")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(run_mode(args.child, args, Path(args.workdir))), flush=True)
+        return
+    with tempfile.TemporaryDirectory(prefix="atr-bench-training-") as workdir:
+        for mode in args.modes.split(","):
+            if mode not in MODES:
+                raise ValueError(f"mode {mode!r} is unknown: pick from {MODES}")
+            command = [sys.executable, __file__, "--child", mode, "--workdir", workdir, "--steps", str(args.steps),
+                       "--warmup", str(args.warmup), "--train_clips", str(args.train_clips), "--views", str(args.views),
+                       "--threads", str(args.threads)]
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            line = next(line for line in output.splitlines() if line.startswith("RESULT ")).removeprefix("RESULT ")
+            print(line, flush=True)
+            if args.out:
+                with open(args.out, "a") as handle:
+                    handle.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
