@@ -10,7 +10,7 @@ Each mode runs `train.py --config configs/demo.yaml` for --steps steps in its ow
 Steps/s are timed from the end of step --warmup to the last step (DataLoader included); the cache build is timed
 separately (`cache_build_s`, the whole cached_training_data call). `cpu_s_per_step` is the process CPU time (all
 threads) per step: on a machine shared with other jobs it is the steadier measure of the work a step costs.
-Prints one JSON line per mode.
+Prints one JSON line per mode. `--breakdown` instead prints the CPU seconds of each part of one frozen-demo step.
 """
 
 import argparse
@@ -95,6 +95,55 @@ def run_mode(mode, args, workdir):
     }
 
 
+def breakdown(args, workdir):
+    """CPU seconds of the parts of one frozen-demo step (best of 3): collate, encoders, heads forward + backward."""
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    import train
+    from atr.cache import CachedCollator, build_audio_cache, build_text_cache
+    from atr.data import AtrCollator, make_noise_augmentation
+
+    torch.set_num_threads(args.threads)
+    model_config = {**yaml.safe_load(DEMO.read_text())["model_config"], "freeze_audio_encoder": True}
+    model_args, data_args, _, _ = train.parse_args([
+        "--config", str(DEMO), "--model_config", json.dumps(model_config), "--synthetic_sizes", "64,0,0",
+        "--eval_split", "", "--test_split", "", "--output_dir", str(workdir / "breakdown"),
+    ])
+    model, processor = train.build_model_and_processor(model_args)
+    dataset = train.load_splits(data_args)["train"]
+
+    def cpu(fn, repeats=3):
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.process_time()
+            fn()
+            times.append(time.process_time() - start)
+        return round(min(times), 3)
+
+    def step(batch):
+        model.zero_grad()
+        model(**batch).loss.backward()
+
+    rows = list(dataset.select(range(32)))
+    collator = AtrCollator(processor, training=True, augment=make_noise_augmentation(p=0.5))
+    batch = collator(rows)
+    real = batch["input_features"][batch["chunk_mask"].bool()]
+    result = {"collate_uncached": cpu(lambda: collator(rows)), "step_uncached_fwd_bwd": cpu(lambda: step(batch))}
+    with torch.no_grad():
+        result["text_encoder_fwd"] = cpu(lambda: model.get_text_encoder_states(batch["input_ids"], batch["attention_mask"]))
+        result["audio_encoder_fwd"] = cpu(lambda: model.get_audio_encoder_states(real))
+    text_cache = build_text_cache(model, processor, dataset, workdir / "cache")
+    audio_cache = build_audio_cache(model, processor, dataset, workdir / "cache", num_views=1, augment=make_noise_augmentation(p=1.0))
+    model.train()
+    cached_rows = list(dataset.add_column("clip_index", list(range(len(dataset)))).select_columns(["clip_index", "captions"]).select(range(32)))
+    cached = CachedCollator(processor, text_cache=text_cache, audio_cache=audio_cache, noise_probability=0.0)
+    cached_batch = cached(cached_rows)
+    result.update(collate_cached=cpu(lambda: cached(cached_rows)), step_cached_fwd_bwd=cpu(lambda: step(cached_batch)))
+    return {"breakdown_cpu_s": result, "chunks": int(real.shape[0]), "loadavg_1min": round(os.getloadavg()[0], 2)}
+
+
 def main():
     """Run every requested mode in a child process and print their JSON lines (and write them to --out)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -105,6 +154,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--out", default=None, help="also append the JSON lines to this file")
+    parser.add_argument("--breakdown", action="store_true", help="instead: CPU seconds of the parts of one frozen step")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -112,6 +162,9 @@ def main():
         print("RESULT " + json.dumps(run_mode(args.child, args, Path(args.workdir))), flush=True)
         return
     with tempfile.TemporaryDirectory(prefix="atr-bench-training-") as workdir:
+        if args.breakdown:
+            print(json.dumps(breakdown(args, Path(workdir))), flush=True)
+            return
         for mode in args.modes.split(","):
             if mode not in MODES:
                 raise ValueError(f"mode {mode!r} is unknown: pick from {MODES}")
