@@ -142,10 +142,21 @@ def head_model(encoder_model, seed, **overrides):
     return model
 
 
+def weights_digest(module):
+    """sha256 of a module's parameters and buffers: a cache key that changes exactly when the weights do."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _cache_path(args, encoder_model, kind, key):
-    weights = Path(args.encoder) / "model.safetensors"
-    stamp = os.stat(weights).st_mtime_ns if weights.exists() else 0
-    digest = hashlib.sha256(json.dumps([str(Path(args.encoder).resolve()), stamp, kind, key], sort_keys=True).encode()).hexdigest()[:20]
+    # audio caches depend on the audio encoder and feature extractor only, text caches on the text encoder only
+    encoder = encoder_model.audio_model if kind == "audio" else encoder_model.text_model
+    if not hasattr(encoder, "_study_digest"):
+        encoder._study_digest = weights_digest(encoder)
+    digest = hashlib.sha256(json.dumps([encoder._study_digest, kind, key], sort_keys=True).encode()).hexdigest()[:20]
     return Path(args.cache_dir) / f"{kind}-{digest}.pt"
 
 
