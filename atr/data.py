@@ -182,6 +182,8 @@ def _as_captions(value) -> list[str]:
                 return [text]
         else:
             return [text] if text else []
+    if np.isscalar(value):  # e.g. an integer class label used as the text column in zero-shot evaluation
+        return [str(value)]
     return [str(v).strip() for v in value if v is not None and str(v).strip()]
 
 

@@ -1,0 +1,475 @@
+"""Library side of evaluate.py: noise conditions, the ClapModel adapter, retrieval and zero-shot runs, tables, plots, tests.
+
+Every condition embeds the same rows in the same order, so per-query scores pair up across conditions and across
+models evaluated on the same dataset and split (what the Wilcoxon signed-rank test in `compare_results` needs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoFeatureExtractor, AutoProcessor, AutoTokenizer, ClapModel
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from .data import AtrCollator, NOISE_COLORS, decode_audio, load_noise_files, mix_at_snr
+from .feature_extraction_atr import AtrFeatureExtractor
+from .metrics import audio_text_retrieval_metrics, class_prompts, zero_shot_classification_metrics
+from .modeling_atr import AtrModel
+from .trainer import embed_audio_text
+
+CLEAN = "clean"
+DIRECTIONS = ("t2a", "a2t")
+# The paper's table: R@1/5/10 and mAP@10 per direction (docs/metrics.md defines them).
+TABLE_METRICS = ("R1", "R5", "R10", "mAP10")
+ZERO_SHOT_METRICS = ("accuracy", "R5", "R10", "mAP10")
+# Per-query arrays kept in results.json for --compare and the recall@K plot (`AP10` is the per-query mAP10).
+PER_QUERY_KEYS = ("R1", "R5", "R10", "AP10", "rank")
+PER_QUERY_METRIC = {"R1": "R1", "R5": "R5", "R10": "R10", "mAP10": "AP10"}
+DEFAULT_ZERO_SHOT_TEMPLATE = "This is a sound of {label}."
+CLAP_PROTOCOL = (
+    "ClapModel adapter: silence-aware chunks of at most the extractor's max_length_s (no random crop), the model's "
+    "own ClapFeatureExtractor per chunk, is_longer=False, mean of the L2-normalised chunk embeddings, re-normalised"
+)
+ATR_PROTOCOL = "AtrModel: silence-aware chunks, attention pooling with the learned query"
+
+
+# ---------------------------------------------------------------- conditions and noise
+
+
+def parse_conditions(values: Sequence[str]) -> list[float | None]:
+    """`["clean", "15", "10"]` -> `[None, 15.0, 10.0]` (None is the clean condition), in the order given."""
+    conditions = []
+    for value in values:
+        if str(value).lower() == CLEAN:
+            conditions.append(None)
+            continue
+        try:
+            snr = float(value)
+        except ValueError:
+            raise ValueError(f"--snr value {value!r} is neither 'clean' nor a number of dB: e.g. --snr clean 15 10 5") from None
+        if not math.isfinite(snr):
+            raise ValueError(f"--snr value {value!r} is not finite: pass a number of dB such as 10")
+        conditions.append(snr)
+    if not conditions:
+        raise ValueError("no --snr condition given: pass e.g. --snr clean 15 10 5")
+    return conditions
+
+
+def condition_name(snr_db: float | None, noise: str = "white") -> str:
+    """'clean' or e.g. 'white 10 dB' (a noise folder is named by its last path part)."""
+    if snr_db is None:
+        return CLEAN
+    return f"{noise_label(noise)} {snr_db:g} dB"
+
+
+def noise_label(noise: str) -> str:
+    """The noise's name in results: 'white', 'pink', 'brown' or the recordings folder's name."""
+    return noise if noise in NOISE_COLORS else Path(noise).name or str(noise)
+
+
+def load_noise(noise: str, sampling_rate: int):
+    """A colour name as is, or the recordings of a folder decoded at `sampling_rate`."""
+    if noise in NOISE_COLORS:
+        return noise
+    if not os.path.isdir(noise):
+        raise ValueError(f"--noise {noise!r} is neither one of {list(NOISE_COLORS)} nor an existing folder of recordings")
+    return load_noise_files(noise, sampling_rate)
+
+
+def noisy_clip(wave: np.ndarray, noise, snr_db: float, seed: int, index: int) -> np.ndarray:
+    """Clip `index` with noise at exactly `snr_db`; the noise depends only on (seed, index), so every SNR scales the same noise."""
+    try:
+        return mix_at_snr(wave, noise, snr_db, rng=np.random.default_rng([seed, index]))
+    except ValueError as error:
+        raise ValueError(f"clip at row {index}: {error}") from error
+
+
+def realised_snr_db(clean: np.ndarray, noisy: np.ndarray) -> float:
+    """10·log10(P_clean / P_noise) with the noise recovered as `noisy - clean`."""
+    clean = np.asarray(clean, dtype=np.float64)
+    residual = np.asarray(noisy, dtype=np.float64) - clean
+    return float(10 * np.log10(np.mean(clean**2) / np.mean(residual**2)))
+
+
+class NoisyEvalCollator:
+    """An evaluation collator whose rows get noise at one SNR before featurising (rows carry `eval_index`)."""
+
+    def __init__(self, collator: AtrCollator, noise, snr_db: float, seed: int):
+        self.collator, self.noise, self.snr_db, self.seed = collator, noise, snr_db, seed
+
+    def __call__(self, rows: list[dict]):
+        """Decode, mix noise into each clip, then collate as the wrapped collator does."""
+        rate = self.collator.sampling_rate
+        noisy_rows = []
+        for row in rows:
+            wave = decode_audio(row["audio"], rate)
+            wave = noisy_clip(wave, self.noise, self.snr_db, self.seed, int(row["eval_index"]))
+            noisy_rows.append({**row, "audio": {"array": wave, "sampling_rate": rate}})
+        return self.collator(noisy_rows)
+
+
+# ---------------------------------------------------------------- ClapModel adapter
+
+
+class ClapChunkProcessor:
+    """Processor for `ClapRetrievalAdapter`: silence-aware chunks (AtrFeatureExtractor) featurised by CLAP's own extractor."""
+
+    def __init__(self, feature_extractor, tokenizer):
+        self.feature_extractor = feature_extractor  # the checkpoint's ClapFeatureExtractor
+        self.tokenizer = tokenizer
+        window_s = feature_extractor.nb_max_samples / feature_extractor.sampling_rate
+        # Only its chunk boundaries are used: each chunk is at most one CLAP window, so rand_trunc never crops.
+        self.chunker = AtrFeatureExtractor(
+            backbone="clap", sampling_rate=feature_extractor.sampling_rate, feature_size=feature_extractor.feature_size,
+            window_s=window_s, hop_length=feature_extractor.hop_length, n_fft=feature_extractor.fft_window_size,
+        )
+
+    def __call__(self, text=None, audio=None, sampling_rate=None, return_tensors="pt", **kwargs):
+        """Captions -> input_ids/attention_mask; clips -> input_features (B, C, channels, frames, mels) + chunk_mask."""
+        data = {}
+        if text is not None:
+            data.update(self.tokenizer(text, padding=True, truncation=True, return_tensors="pt"))
+        if audio is not None:
+            data.update(self._audio(audio, sampling_rate))
+        return BatchFeature(data)
+
+    def _audio(self, clips, sampling_rate):
+        if sampling_rate != self.feature_extractor.sampling_rate:
+            raise ValueError(
+                f"audio has sampling rate {sampling_rate}, expected {self.feature_extractor.sampling_rate}: resample it first"
+            )
+        chunks, counts = [], []
+        for clip in clips:
+            clip = np.asarray(clip, dtype=np.float32)
+            bounds = self.chunker.chunk_boundaries(clip)
+            chunks.extend(clip[start:end] for start, end in bounds)
+            counts.append(len(bounds))
+        features = self.feature_extractor(chunks, sampling_rate=sampling_rate, return_tensors="np")["input_features"]
+        batch = np.zeros((len(clips), max(counts), *features.shape[1:]), dtype=np.float32)
+        mask = np.zeros((len(clips), max(counts)), dtype=np.int64)
+        for index, count in enumerate(counts):
+            mask[index, :count] = 1
+        batch[mask.astype(bool)] = features
+        return {"input_features": torch.from_numpy(batch), "chunk_mask": torch.from_numpy(mask)}
+
+
+class ClapRetrievalAdapter(nn.Module):
+    """A transformers `ClapModel` behind AtrModel's embedding interface (chunk embeddings averaged per clip)."""
+
+    def __init__(self, clap: ClapModel):
+        super().__init__()
+        self.clap = clap
+
+    def get_audio_features(self, input_features, chunk_mask=None, **kwargs):
+        """L2-normalised clip embeddings (B, D): the mean of the clip's normalised chunk embeddings."""
+        if chunk_mask is None:
+            chunk_mask = torch.ones(input_features.shape[:2], dtype=torch.long, device=input_features.device)
+        real = chunk_mask.bool()
+        chunks = input_features[real]
+        # The fused checkpoint reads is_longer; no chunk is longer than its window, and passing it avoids the
+        # extractor's random choice of one "longer" clip.
+        is_longer = torch.zeros(len(chunks), 1, dtype=torch.bool, device=chunks.device)
+        chunk_embeds = self.clap.get_audio_features(input_features=chunks, is_longer=is_longer).pooler_output
+        grid = chunk_embeds.new_zeros(*chunk_mask.shape, chunk_embeds.shape[-1])
+        grid[real] = chunk_embeds
+        mean = grid.sum(1) / real.sum(1, keepdim=True).clamp(min=1)
+        return BaseModelOutputWithPooling(pooler_output=nn.functional.normalize(mean, dim=-1))
+
+    def get_text_features(self, input_ids, attention_mask=None, **kwargs):
+        """L2-normalised caption embeddings (B, D) from ClapModel."""
+        return self.clap.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_model_for_evaluation(name: str, device: str | torch.device = "cpu"):
+    """(model, processor, info) for an atr model or a transformers ClapModel (dir or Hub id); info names the protocol."""
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=True)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--model {name!r} could not be loaded ({error}): pass a trained atr directory, a ClapModel "
+                         "directory or a Hub id") from error
+    if config.model_type == "clap":
+        model = ClapRetrievalAdapter(ClapModel.from_pretrained(name))
+        processor = ClapChunkProcessor(AutoFeatureExtractor.from_pretrained(name), AutoTokenizer.from_pretrained(name))
+        info = {"model_type": "clap", "audio_protocol": CLAP_PROTOCOL}
+    elif config.model_type == "atr":
+        model = AtrModel.from_pretrained(name)
+        processor = AutoProcessor.from_pretrained(name, trust_remote_code=True)
+        info = {"model_type": "atr", "audio_protocol": ATR_PROTOCOL}
+    else:
+        raise ValueError(f"--model {name!r} is a {config.model_type!r} model: evaluate.py takes an atr model or a ClapModel")
+    return model.to(device).eval(), processor, info
+
+
+def dataset_fingerprint(dataset, text_column: str = "captions") -> str:
+    """sha256 of the rows' audio paths and texts in order: two results pair up query by query only if these match."""
+    digest = hashlib.sha256()
+    for row in dataset.select_columns(["audio", text_column]):
+        audio = row["audio"]
+        path = audio.get("path") if isinstance(audio, dict) else audio
+        digest.update(repr((path, row[text_column])).encode())
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- runs
+
+
+def _embed(model, processor, dataset, snr_db, noise, seed, batch_size, progress, description):
+    collator = AtrCollator(processor, training=False)
+    if snr_db is not None:
+        collator = NoisyEvalCollator(collator, noise, snr_db, seed)
+    return embed_audio_text(model, collator, dataset, batch_size=batch_size, progress=progress, description=description)
+
+
+def _kept_per_query(per_query: dict) -> dict:
+    return {key: np.asarray(per_query[key]).tolist() for key in PER_QUERY_KEYS if key in per_query}
+
+
+def evaluate_retrieval(model, processor, dataset, conditions, noise="white", seed=0, batch_size=16, progress=True) -> list[dict]:
+    """One record per condition: `{condition, snr_db, metrics, per_query: {t2a, a2t}}` for text<->audio retrieval."""
+    dataset = dataset.add_column("eval_index", list(range(len(dataset))))
+    noise_source = load_noise(noise, processor.feature_extractor.sampling_rate)
+    records = []
+    for snr_db in conditions:
+        name = condition_name(snr_db, noise)
+        audio, text, caption_to_audio = _embed(model, processor, dataset, snr_db, noise_source, seed, batch_size, progress, f"embedding ({name})")
+        results = audio_text_retrieval_metrics(audio, text, caption_to_audio.tolist())
+        per_query = results.pop("per_query")
+        records.append({
+            "condition": name, "snr_db": snr_db, "metrics": results,
+            "per_query": {direction: _kept_per_query(per_query[direction]) for direction in DIRECTIONS},
+        })
+    return records
+
+
+def class_names_and_labels(dataset, label_column: str, class_names: Sequence[str] | None = None, separator: str | None = None):
+    """(class names, label index list per clip) from ints, names, lists of either, or `separator`-joined names."""
+    raw = dataset[label_column]
+    feature = dataset.features.get(label_column)
+    if class_names is None and hasattr(feature, "names"):
+        class_names = list(feature.names)  # a datasets ClassLabel
+    values = []
+    for value in raw:
+        if isinstance(value, str) and separator:
+            value = [part.strip() for part in value.split(separator) if part.strip()]
+        values.append(list(value) if isinstance(value, (list, tuple)) else [value])
+    if class_names is None:
+        if any(not isinstance(v, str) for clip in values for v in clip):
+            raise ValueError(f"label column {label_column!r} holds class indices but no class names are known: "
+                             "pass --class_names in index order")
+        class_names = sorted({v for clip in values for v in clip})
+    index_of = {name: i for i, name in enumerate(class_names)}
+    labels = []
+    for row, clip in enumerate(values):
+        indices = []
+        for v in clip:
+            if isinstance(v, str) and v in index_of:
+                indices.append(index_of[v])
+            elif isinstance(v, (int, np.integer)) and 0 <= v < len(class_names):
+                indices.append(int(v))
+            else:
+                raise ValueError(f"row {row} has label {v!r}, which is not among the {len(class_names)} class names "
+                                 f"({list(class_names)[:5]}...): fix the label or pass the full --class_names")
+        if not indices:
+            raise ValueError(f"row {row} has no label in column {label_column!r}: drop it or label it")
+        labels.append(indices)
+    return list(class_names), labels
+
+
+@torch.no_grad()
+def _embed_texts(model, processor, texts, batch_size):
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(texts), batch_size):
+        inputs = processor(text=texts[start : start + batch_size], return_tensors="pt")
+        inputs = {k: v.to(device) for k, v in inputs.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        out.append(model.get_text_features(**inputs).pooler_output.float().cpu())
+    return torch.cat(out)
+
+
+def evaluate_zero_shot(model, processor, dataset, conditions, *, label_column, class_names=None, separator=None,
+                       prompt_template=DEFAULT_ZERO_SHOT_TEMPLATE, noise="white", seed=0, batch_size=16, progress=True) -> tuple[list[dict], list[str]]:
+    """Records per condition for zero-shot classification (clips rank one prompt per class), and the class names used."""
+    class_names, labels = class_names_and_labels(dataset, label_column, class_names, separator)
+    prompt_embeds = _embed_texts(model, processor, class_prompts(class_names, prompt_template), batch_size)
+    dataset = dataset.add_column("eval_index", list(range(len(dataset))))
+    noise_source = load_noise(noise, processor.feature_extractor.sampling_rate)
+    records = []
+    for snr_db in conditions:
+        name = condition_name(snr_db, noise)
+        # The loader put each clip's label text in `captions`: embedding them too costs one short text per clip.
+        audio, _, _ = _embed(model, processor, dataset, snr_db, noise_source, seed, batch_size, progress, f"embedding ({name})")
+        results = zero_shot_classification_metrics(audio, prompt_embeds, labels)
+        per_query = results.pop("per_query")
+        records.append({"condition": name, "snr_db": snr_db, "metrics": results, "per_query": {"zero_shot": _kept_per_query(per_query)}})
+    return records, class_names
+
+
+# ---------------------------------------------------------------- tables and plots
+
+
+def results_markdown(results: dict) -> str:
+    """The paper-shaped table: one row per condition; T2A and A2T R@1/5/10 and mAP@10 (or the zero-shot metrics)."""
+    lines = [
+        f"# {results['model']} on {results['dataset']} ({results['split']})", "",
+        f"- task: {results['task']}", f"- audio protocol: {results['audio_protocol']}",
+        f"- noise: {results['noise']}, seed {results['seed']}; atr {results['atr_version']}", "",
+    ]
+    if results["task"] == "retrieval":
+        header = [f"{d.upper()} {m.replace('R', 'R@').replace('mAP10', 'mAP@10')}" for d in DIRECTIONS for m in TABLE_METRICS]
+        keys = [f"{d}_{m}" for d in DIRECTIONS for m in TABLE_METRICS]
+    else:
+        header = ["Acc", "R@5", "R@10", "mAP@10"]
+        keys = list(ZERO_SHOT_METRICS)
+    lines += ["| condition | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
+    for record in results["conditions"]:
+        cells = [f"{record['metrics'][k]:.4f}" if k in record["metrics"] else "" for k in keys]
+        lines.append(f"| {record['condition']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_plots(results: dict, output_dir: str | os.PathLike) -> list[Path]:
+    """PNG plots: each metric against SNR per direction, and hit rate R@K against K per condition."""
+    plt = _pyplot()
+    output_dir = Path(output_dir)
+    records = results["conditions"]
+    retrieval = results["task"] == "retrieval"
+    panels = DIRECTIONS if retrieval else ("zero_shot",)
+    labels = [r["condition"] for r in records]
+    paths = []
+    for panel in panels:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for metric in TABLE_METRICS if retrieval else ZERO_SHOT_METRICS:
+            key = f"{panel}_{metric}" if retrieval else metric
+            ax.plot(range(len(records)), [r["metrics"][key] for r in records], marker="o", label=metric)
+        ax.set_xticks(range(len(records)), labels, rotation=20)
+        ax.set(xlabel="condition (SNR)", ylabel="score", ylim=(0, 1.02), title=f"{panel} vs SNR: {results['model']}")
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        path = output_dir / f"metrics_vs_snr_{panel}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for record in records:
+            ranks = np.asarray(record["per_query"][panel]["rank"])
+            ks = np.arange(1, max(2, min(int(ranks.max()), 100)) + 1)
+            ax.plot(ks, [(ranks <= k).mean() for k in ks], label=record["condition"])
+        ax.set(xlabel="K", ylabel="R@K (hit rate)", ylim=(0, 1.02), title=panel)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    path = output_dir / "recall_at_k.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [*paths, path]
+
+
+def card_records(results: dict) -> list[dict]:
+    """Results as atr.model_card records (one per condition) for `update_model_card`."""
+    task = "audio-text-retrieval" if results["task"] == "retrieval" else "zero-shot-audio-classification"
+    return [
+        {"dataset": results["dataset"], "split": results["split"], "condition": record["condition"], "task": task,
+         "metrics": {k: v for k, v in record["metrics"].items() if isinstance(v, (int, float))}}
+        for record in results["conditions"]
+    ]
+
+
+# ---------------------------------------------------------------- significance
+
+
+def compare_results(a: dict, b: dict) -> list[dict]:
+    """Wilcoxon signed-rank test (scipy.stats.wilcoxon, two-sided) of A vs B on paired per-query scores, per condition/direction/metric."""
+    from scipy.stats import wilcoxon
+
+    for key in ("task", "dataset", "split"):
+        if a.get(key) != b.get(key):
+            raise ValueError(f"the two results differ in {key} ({a.get(key)!r} vs {b.get(key)!r}): compare runs of the same task, dataset and split")
+    if a.get("dataset_fingerprint") != b.get("dataset_fingerprint"):
+        raise ValueError("the two results were computed on different rows (dataset_fingerprint differs): per-query "
+                         "scores do not pair up; evaluate both models on the same dataset, split and sample limit")
+    b_by_condition = {r["condition"]: r for r in b["conditions"]}
+    shared = [r for r in a["conditions"] if r["condition"] in b_by_condition]
+    if not shared:
+        raise ValueError(f"no condition in common ({[r['condition'] for r in a['conditions']]} vs {list(b_by_condition)})")
+    rows = []
+    for record_a in shared:
+        record_b = b_by_condition[record_a["condition"]]
+        for direction, scores_a in record_a["per_query"].items():
+            scores_b = record_b["per_query"][direction]
+            for metric, key in PER_QUERY_METRIC.items():
+                x, y = np.asarray(scores_a[key], dtype=np.float64), np.asarray(scores_b[key], dtype=np.float64)
+                if len(x) != len(y):
+                    raise ValueError(f"{record_a['condition']} {direction}: {len(x)} vs {len(y)} queries, they must pair up")
+                differing = int(np.count_nonzero(x != y))
+                statistic = p_value = None  # no differing pair: nothing to test (scipy would return NaN)
+                if differing:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", UserWarning)  # small-sample / ties notes
+                        test = wilcoxon(x, y)
+                    statistic, p_value = float(test.statistic), float(test.pvalue)
+                rows.append({
+                    "condition": record_a["condition"], "direction": direction, "metric": metric,
+                    "mean_a": float(x.mean()), "mean_b": float(y.mean()), "num_queries": int(len(x)),
+                    "num_differing": differing, "statistic": statistic, "p_value": p_value,
+                })
+    return rows
+
+
+def comparison_markdown(rows: list[dict], name_a: str, name_b: str) -> str:
+    """The comparison as a markdown table with p-values."""
+    lines = [
+        f"Wilcoxon signed-rank test (scipy.stats.wilcoxon, two-sided, zero differences dropped) on per-query scores.",
+        f"A = {name_a}", f"B = {name_b}", "",
+        "| condition | direction | metric | A | B | queries | differing | statistic | p-value |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['condition']} | {r['direction']} | {r['metric']} | {r['mean_a']:.4f} | {r['mean_b']:.4f} | "
+            f"{r['num_queries']} | {r['num_differing']} | "
+            + ("n/a | n/a (identical) |" if r["p_value"] is None else f"{r['statistic']:.1f} | {r['p_value']:.3g} |")
+        )
+    return "\n".join(lines) + "\n"
+
+
+__all__ = [
+    "ClapChunkProcessor",
+    "ClapRetrievalAdapter",
+    "NoisyEvalCollator",
+    "card_records",
+    "class_names_and_labels",
+    "compare_results",
+    "comparison_markdown",
+    "condition_name",
+    "dataset_fingerprint",
+    "evaluate_retrieval",
+    "evaluate_zero_shot",
+    "load_model_for_evaluation",
+    "load_noise",
+    "noisy_clip",
+    "parse_conditions",
+    "realised_snr_db",
+    "results_markdown",
+    "write_plots",
+]
