@@ -134,7 +134,8 @@ class CachedTextEncoder(nn.Module):
 
 def head_model(encoder_model, seed, **overrides):
     """A fresh AtrModel (heads initialised from `seed`) with the encoder's config plus `overrides`, running on cached encoder outputs."""
-    config = AtrConfig.from_dict({**encoder_model.config.to_dict(), **overrides})
+    # Frozen encoders cannot collapse, so the heads train with full loss weights from step 0, as in the paper.
+    config = AtrConfig.from_dict({**encoder_model.config.to_dict(), "alignment_warmup_steps": 0, **overrides})
     torch.manual_seed(seed)
     model = AtrModel(config)
     model.audio_model = CachedAudioEncoder(encoder_model.audio_model.hidden_size)
@@ -288,6 +289,7 @@ def train_heads(model, audio_variants, text, *, samples_seen, batch_size, learni
     steps = max(1, samples_seen // batch_size)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate, weight_decay=0.01)
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(0.05 * steps), steps)
+    warmup = model.config.alignment_warmup_steps
     model.train()
     order, cursor, history = torch.randperm(num_clips, generator=generator), 0, []
     for step in range(steps):
@@ -302,6 +304,8 @@ def train_heads(model, audio_variants, text, *, samples_seen, batch_size, learni
             choice = torch.where(noisy, copies, choice)
         tokens, chunk_mask = _audio_rows(audio_variants, clips, choice)
         text_tokens, text_mask = _text_rows(text, clips, generator)
+        # the same alignment warm-up AtrTrainer applies (config.alignment_warmup_steps; 0 = full weights from the start)
+        model.alignment_scale = min(1.0, step / warmup) if warmup else 1.0
         output = model(input_ids=text_tokens, attention_mask=text_mask, input_features=tokens, chunk_mask=chunk_mask, return_loss=True)
         output.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
