@@ -112,13 +112,16 @@ class AtrTransformerProjection(nn.Module):
             batch_first=True,
             norm_first=True,
         )
-        self.layers = nn.TransformerEncoder(layer, config.head_layers, enable_nested_tensor=False)
+        # head_layers=0 leaves a linear projection (+ norm): the lightest head, for from-scratch CPU training.
+        self.layers = nn.TransformerEncoder(layer, config.head_layers, enable_nested_tensor=False) if config.head_layers else None
         self.norm = nn.LayerNorm(config.head_hidden_size)
 
     def forward(self, tokens, mask=None):
         """Refine tokens (N, L, input_size) with mask (N, L) into (N, L, head_hidden_size)."""
-        padding = None if mask is None else ~mask.bool()
-        return self.norm(self.layers(self.input_projection(tokens), src_key_padding_mask=padding))
+        hidden = self.input_projection(tokens)
+        if self.layers is not None:
+            hidden = self.layers(hidden, src_key_padding_mask=None if mask is None else ~mask.bool())
+        return self.norm(hidden)
 
 
 class AtrAttentionPooling(nn.Module):

@@ -190,3 +190,21 @@ def test_tiny_model_overfits_16_pairs():
         if step % 20 == 19 and recall_at_1(model.eval(), inputs) == (1.0, 1.0):
             break
     assert recall_at_1(model.eval(), inputs) == (1.0, 1.0)
+
+
+def test_linear_only_head_with_zero_transformer_layers():
+    model = make_model(head_layers=0)
+    assert model.audio_head.layers is None
+    out = model(**text_inputs(3), input_features=tiny_features(model.config, 3, 2), return_loss=True)
+    out.loss.backward()
+    assert out.audio_embeds.shape == (3, 16) and model.audio_head.input_projection.weight.grad is not None
+
+
+def test_alignment_scale_weights_only_the_alignment_terms():
+    model = make_model().eval()
+    inputs = {**text_inputs(3), "input_features": tiny_features(model.config, 3, 1), "return_loss": True}
+    with torch.no_grad():
+        full = model(**inputs)
+        model.alignment_scale = 0.25
+        ramped = model(**inputs)
+    torch.testing.assert_close(ramped.loss, full.loss_contrastive + 0.25 * (full.loss_cosine + full.loss_l1))
