@@ -363,7 +363,7 @@ def write_plots(results: dict, output_dir: str | os.PathLike) -> list[Path]:
             key = f"{panel}_{metric}" if retrieval else metric
             ax.plot(range(len(records)), [r["metrics"][key] for r in records], marker="o", label=metric)
         ax.set_xticks(range(len(records)), labels, rotation=20)
-        ax.set(xlabel="condition (SNR)", ylabel="score", ylim=(0, 1.02), title=f"{panel} vs SNR: {results['model']}")
+        ax.set(xlabel="condition (SNR)", ylabel="score", ylim=(0, 1.02), title=f"{panel} vs SNR: {Path(results['model']).name}")
         ax.legend(fontsize="small")
         fig.tight_layout()
         path = output_dir / f"metrics_vs_snr_{panel}.png"

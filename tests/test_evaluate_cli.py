@@ -247,3 +247,21 @@ def test_the_script_does_not_shadow_the_evaluate_library():
     )
     result = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, cwd="/", check=True)
     assert "site-packages" in result.stdout or "evaluate/__init__" in result.stdout
+
+
+def test_clap_adapter_on_a_fused_checkpoint_is_deterministic(tmp_path):
+    # Fused CLAP marks one random clip "longer" in its extractor; the adapter passes is_longer=False for every chunk.
+    audio_config = tiny_clap_audio_config()
+    audio_config.enable_fusion = True
+    config = ClapConfig(audio_config=audio_config.to_dict(), text_config=tiny_roberta_config().to_dict(), projection_dim=16)
+    torch.manual_seed(0)
+    ClapModel(config).save_pretrained(tmp_path)
+    ClapFeatureExtractor(feature_size=16, sampling_rate=RATE, hop_length=160, max_length_s=2, fft_window_size=1024, truncation="fusion").save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    model, processor, _ = evaluation.load_model_for_evaluation(str(tmp_path))
+    clip = 0.1 * np.random.default_rng(0).standard_normal(RATE * 5).astype(np.float32)
+    with torch.no_grad():
+        first = model.get_audio_features(**processor(audio=[clip, clip[:RATE]], sampling_rate=RATE)).pooler_output
+        second = model.get_audio_features(**processor(audio=[clip, clip[:RATE]], sampling_rate=RATE)).pooler_output
+    assert first.shape == (2, 16)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
