@@ -34,6 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("atr.study")
 # The head is trained by the paper's recipe on frozen encoders; these are the variants the encoder is trained without.
 ENCODER_HEAD_OVERRIDES = {"lambda_cosine": 0.0, "lambda_l1": 0.0, "cross_modal_attention": False}
+# The heads start from the paper's method whatever the encoder was trained with; frozen encoders cannot collapse, so
+# the alignment terms have full weight from step 0 (no alignment warm-up).
+HEAD_DEFAULTS = {"lambda_cosine": 1.0, "lambda_l1": 1.0, "lambda_contrastive": 1.0, "cross_modal_attention": True, "alignment_warmup_steps": 0}
 METRIC_KEYS = ("t2a_mAP10", "a2t_mAP10", "t2a_R1", "a2t_R1")
 
 
@@ -134,8 +137,7 @@ class CachedTextEncoder(nn.Module):
 
 def head_model(encoder_model, seed, **overrides):
     """A fresh AtrModel (heads initialised from `seed`) with the encoder's config plus `overrides`, running on cached encoder outputs."""
-    # Frozen encoders cannot collapse, so the heads train with full loss weights from step 0, as in the paper.
-    config = AtrConfig.from_dict({**encoder_model.config.to_dict(), "alignment_warmup_steps": 0, **overrides})
+    config = AtrConfig.from_dict({**encoder_model.config.to_dict(), **HEAD_DEFAULTS, **overrides})
     torch.manual_seed(seed)
     model = AtrModel(config)
     model.audio_model = CachedAudioEncoder(encoder_model.audio_model.hidden_size)

@@ -120,3 +120,13 @@ def test_crop_keeps_one_window():
     assert np.array_equal(first, wave[: 160000])
     random = long_form.crop(10, 16000, "random")(wave, 5)
     assert random.size == 160000 and np.array_equal(random, wave[int(random[0]) : int(random[0]) + 160000])
+
+
+def test_heads_use_the_papers_method_whatever_the_encoder_was_trained_with(study_args):
+    args, _ = study_args
+    encoder, _ = _study.ensure_encoder(_study.study_parser("", "x").parse_args(args))
+    assert encoder.config.lambda_cosine == 0.0 and not encoder.config.cross_modal_attention  # the study encoder's recipe
+    heads = _study.head_model(encoder, seed=0)
+    assert (heads.config.lambda_cosine, heads.config.lambda_l1, heads.config.lambda_contrastive) == (1.0, 1.0, 1.0)
+    assert heads.config.cross_modal_attention and hasattr(heads, "audio_to_text")
+    assert not _study.head_model(encoder, seed=0, cross_modal_attention=False).config.cross_modal_attention
