@@ -102,7 +102,7 @@ def run_evaluation(args) -> dict:
     common = dict(noise=args.noise, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress)
     extra = {}
     if args.task == "zero-shot":
-        template = args.prompt_template or evaluation.DEFAULT_ZERO_SHOT_TEMPLATE
+        template = args.prompt_template or evaluation.DEFAULT_PROMPT_TEMPLATE
         records, class_names = evaluation.evaluate_zero_shot(
             model, processor, dataset, conditions, label_column=args.label_column, class_names=args.class_names,
             separator=args.label_separator, prompt_template=template, **common,

@@ -22,7 +22,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .data import AtrCollator, NOISE_COLORS, decode_audio, load_noise_files, mix_at_snr
 from .feature_extraction_atr import AtrFeatureExtractor
-from .metrics import audio_text_retrieval_metrics, class_prompts, zero_shot_classification_metrics
+from .metrics import DEFAULT_PROMPT_TEMPLATE, audio_text_retrieval_metrics, class_prompts, zero_shot_classification_metrics
 from .modeling_atr import AtrModel
 from .trainer import embed_audio_text
 
@@ -34,7 +34,6 @@ ZERO_SHOT_METRICS = ("accuracy", "R5", "R10", "mAP10")
 # Per-query arrays kept in results.json for --compare and the recall@K plot (`AP10` is the per-query mAP10).
 PER_QUERY_KEYS = ("R1", "R5", "R10", "AP10", "rank")
 PER_QUERY_METRIC = {"R1": "R1", "R5": "R5", "R10": "R10", "mAP10": "AP10"}
-DEFAULT_ZERO_SHOT_TEMPLATE = "This is a sound of {label}."
 CLAP_PROTOCOL = (
     "ClapModel adapter: silence-aware chunks of at most the extractor's max_length_s (no random crop), the model's "
     "own ClapFeatureExtractor per chunk, is_longer=False, mean of the L2-normalised chunk embeddings, re-normalised"
@@ -299,7 +298,7 @@ def _embed_texts(model, processor, texts, batch_size):
 
 
 def evaluate_zero_shot(model, processor, dataset, conditions, *, label_column, class_names=None, separator=None,
-                       prompt_template=DEFAULT_ZERO_SHOT_TEMPLATE, noise="white", seed=0, batch_size=16, progress=True) -> tuple[list[dict], list[str]]:
+                       prompt_template=DEFAULT_PROMPT_TEMPLATE, noise="white", seed=0, batch_size=16, progress=True) -> tuple[list[dict], list[str]]:
     """Records per condition for zero-shot classification (clips rank one prompt per class), and the class names used."""
     class_names, labels = class_names_and_labels(dataset, label_column, class_names, separator)
     prompt_embeds = _embed_texts(model, processor, class_prompts(class_names, prompt_template), batch_size)

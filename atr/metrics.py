@@ -24,7 +24,8 @@ MAP_K = 10
 # Largest float32 similarity tile (queries x candidates) held at once; the boolean comparison masks add about half
 # as much again, so peak extra memory stays near 100 MiB whatever the corpus size.
 DEFAULT_MAX_TILE_BYTES = 64 * 2**20
-DEFAULT_PROMPT_TEMPLATE = "this is a sound of {label}"
+# LAION-CLAP's wording, also the zero-shot-audio-classification pipeline's default hypothesis template.
+DEFAULT_PROMPT_TEMPLATE = "This is a sound of {label}."
 # The `evaluate` metric module folder: `evaluate.load(RETRIEVAL_METRIC_PATH, "audio_text")`.
 RETRIEVAL_METRIC_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "retrieval_metric")
 PROVENANCE_PACKAGES = ("atr", "torch", "transformers", "datasets", "evaluate", "huggingface_hub", "numpy", "scipy")

@@ -145,7 +145,7 @@ def test_zero_shot_multi_label_and_first_label_variant():
 
 
 def test_class_prompts_template():
-    assert class_prompts(["dog", "rain"]) == ["this is a sound of dog", "this is a sound of rain"]
+    assert class_prompts(["dog", "rain"]) == ["This is a sound of dog.", "This is a sound of rain."]
     assert class_prompts(["dog"], "a {label} barking") == ["a dog barking"]
     with pytest.raises(ValueError, match="no {label} placeholder"):
         class_prompts(["dog"], "a sound of {}")
