@@ -21,6 +21,7 @@ class AtrConfig(PreTrainedConfig):
         cross_modal_attention: train with bidirectional audio<->text cross attention feeding the alignment terms.
         cross_modal_heads: heads of the cross-modal attention.
         text_pooling: `cls`, `mean` or `last_token` (decoder LLMs) pooling of the text tokens.
+        audio_token_pooling: `mean` or `mean_max` (mean + max) pooling of each chunk's audio tokens.
         lambda_cosine / lambda_l1 / lambda_contrastive: hybrid-loss weights.
         alignment_warmup_steps: AtrTrainer ramps the cosine and L1 weights linearly from 0 over this many steps. An
             encoder trained from scratch starts with near-identical outputs, where the alignment terms alone collapse
@@ -48,6 +49,7 @@ class AtrConfig(PreTrainedConfig):
     cross_modal_attention: bool = True
     cross_modal_heads: int = 8
     text_pooling: str = "cls"
+    audio_token_pooling: str = "mean"
     lambda_cosine: float = 1.0
     lambda_l1: float = 1.0
     lambda_contrastive: float = 1.0
@@ -68,6 +70,8 @@ class AtrConfig(PreTrainedConfig):
                 f"audio_config has model_type {audio_type!r}, expected one of {SUPPORTED_AUDIO_MODEL_TYPES}: "
                 "pass a ClapAudioConfig (HTSAT) or a WhisperConfig"
             )
+        if self.audio_token_pooling not in ("mean", "mean_max"):
+            raise ValueError(f"audio_token_pooling is {self.audio_token_pooling!r}, expected 'mean' or 'mean_max'")
         if self.text_pooling not in TEXT_POOLING_MODES:
             raise ValueError(f"text_pooling is {self.text_pooling!r}, expected one of {TEXT_POOLING_MODES}")
         for name in ("head_heads", "cross_modal_heads"):

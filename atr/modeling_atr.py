@@ -149,6 +149,13 @@ def masked_mean(tokens, mask):
     return (tokens * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
+def masked_max(tokens, mask):
+    """Max of tokens (N, L, H) over positions where mask (N, L) is set; all positions when mask is None."""
+    if mask is not None:
+        tokens = tokens.masked_fill(~mask.bool().unsqueeze(-1), torch.finfo(tokens.dtype).min)
+    return tokens.max(1).values
+
+
 class _AllGatherWithGrad(torch.autograd.Function):
     """all_gather whose backward sums the gradients of every process and returns this process's slice."""
 
@@ -295,6 +302,12 @@ class AtrModel(AtrPreTrainedModel):
             pooled = tokens[torch.arange(tokens.shape[0], device=tokens.device), last]
         return self.text_projection(pooled)
 
+    def _pool_audio_tokens(self, tokens, mask):
+        # A short event fills few tokens: max pooling keeps it from being averaged away.
+        if self.config.audio_token_pooling == "mean_max":
+            return masked_mean(tokens, mask) + masked_max(tokens, mask)
+        return masked_mean(tokens, mask)
+
     def _encode_audio_chunks(self, chunks, keep_tokens=False, precomputed=False):
         """Run real chunks (N, ...) through encoder and head in bounded mini-batches: chunk embeddings (N, D) [+ tokens].
 
@@ -309,7 +322,7 @@ class AtrModel(AtrPreTrainedModel):
                 with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_audio_encoder):
                     hidden, mask = self.audio_model(batch)
             refined = self.audio_head(hidden, mask)
-            embeds.append(self.audio_projection(masked_mean(refined, mask)))
+            embeds.append(self.audio_projection(self._pool_audio_tokens(refined, mask)))
             if keep_tokens:
                 tokens.append(refined)
                 masks.append(torch.ones(refined.shape[:2], dtype=torch.bool, device=refined.device) if mask is None else mask.bool())
@@ -448,7 +461,7 @@ class AtrModel(AtrPreTrainedModel):
             attended_text, _ = self.text_to_audio(text_tokens, audio_flat, audio_flat, key_padding_mask=~audio_flat_mask, need_weights=False)
             refined_audio = self.audio_cross_norm(audio_flat + attended_audio).reshape(batch * num_chunks, length, width)
             refined_text = self.text_cross_norm(text_tokens + attended_text)
-            chunk_embeds = self.audio_projection(masked_mean(refined_audio, audio_seq_mask.reshape(batch * num_chunks, length)))
+            chunk_embeds = self.audio_projection(self._pool_audio_tokens(refined_audio, audio_seq_mask.reshape(batch * num_chunks, length)))
             chunk_embeds = chunk_embeds.reshape(batch, num_chunks, -1)
             text_embeds = self._pool_text(refined_text, text_mask)
         else:

@@ -54,9 +54,9 @@ def test_text_only_and_audio_only_forward_and_feature_methods():
         model()
 
 
-@pytest.mark.parametrize("audio", ["clap", "whisper"])
-def test_padding_chunks_change_nothing(audio):
-    model = make_model(audio, "bert").eval()
+@pytest.mark.parametrize("audio,pooling", [("clap", "mean"), ("whisper", "mean"), ("whisper", "mean_max")])
+def test_padding_chunks_change_nothing(audio, pooling):
+    model = make_model(audio, "bert", audio_token_pooling=pooling).eval()
     long_clip = tiny_features(model.config, 1, 3, seed=1)
     short_clip = tiny_features(model.config, 1, 1, seed=2)
     padded = torch.cat([short_clip, torch.randn_like(long_clip[:, :2]) * 100], dim=1)  # garbage in padding chunks
