@@ -151,9 +151,11 @@ def masked_mean(tokens, mask):
 
 def masked_max(tokens, mask):
     """Max of tokens (N, L, H) over positions where mask (N, L) is set; all positions when mask is None."""
-    if mask is not None:
-        tokens = tokens.masked_fill(~mask.bool().unsqueeze(-1), torch.finfo(tokens.dtype).min)
-    return tokens.max(1).values
+    if mask is None:
+        return tokens.max(1).values
+    mask = mask.bool().unsqueeze(-1)
+    # A row with no real token (a padding chunk) gives 0, as masked_mean does, never the dtype's minimum.
+    return tokens.masked_fill(~mask, torch.finfo(tokens.dtype).min).max(1).values * mask.any(1)
 
 
 class _AllGatherWithGrad(torch.autograd.Function):

@@ -192,11 +192,14 @@ def test_tiny_model_overfits_16_pairs():
     assert recall_at_1(model.eval(), inputs) == (1.0, 1.0)
 
 
-def test_linear_only_head_with_zero_transformer_layers():
-    model = make_model(head_layers=0)
+@pytest.mark.parametrize("pooling", ["mean", "mean_max"])
+def test_linear_only_head_with_zero_transformer_layers(pooling):
+    model = make_model(head_layers=0, audio_token_pooling=pooling)
     assert model.audio_head.layers is None
-    out = model(**text_inputs(3), input_features=tiny_features(model.config, 3, 2), return_loss=True)
+    # clips with one real chunk beside clips with two: padding chunks reach the training-only branch too
+    out = model(**text_inputs(3), input_features=tiny_features(model.config, 3, 2), chunk_mask=torch.tensor([[1, 1], [1, 0], [1, 0]]), return_loss=True)
     out.loss.backward()
+    assert torch.isfinite(out.loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     assert out.audio_embeds.shape == (3, 16) and model.audio_head.input_projection.weight.grad is not None
 
 
