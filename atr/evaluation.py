@@ -438,7 +438,7 @@ def compare_results(a: dict, b: dict) -> list[dict]:
 def comparison_markdown(rows: list[dict], name_a: str, name_b: str) -> str:
     """The comparison as a markdown table with p-values."""
     lines = [
-        f"Wilcoxon signed-rank test (scipy.stats.wilcoxon, two-sided, zero differences dropped) on per-query scores.",
+        "Wilcoxon signed-rank test (scipy.stats.wilcoxon, two-sided, zero differences dropped) on per-query scores.",
         f"A = {name_a}", f"B = {name_b}", "",
         "| condition | direction | metric | A | B | queries | differing | statistic | p-value |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|",

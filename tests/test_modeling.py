@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 import torch
-from tiny import tiny_atr_config, tiny_features, tiny_roberta_config, tiny_tokenizer, tiny_whisper_config, tiny_clap_audio_config
+from tiny import tiny_atr_config, tiny_features, tiny_roberta_config, tiny_whisper_config, tiny_clap_audio_config
 
 from atr import AtrModel
 
