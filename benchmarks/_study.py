@@ -385,7 +385,7 @@ def write_outputs(args, name, runs, rows, table, figure, started, argv=None):
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     elapsed = time.perf_counter() - started
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load = tuple(round(x, 2) for x in os.getloadavg()) if hasattr(os, "getloadavg") else None
     save_results(output_dir / "results.json", study=name, settings=vars(args), runs=runs, summary=rows, seconds=elapsed, load_average=load)
     command = "python benchmarks/" + name + ".py " + " ".join(sys.argv[1:] if argv is None else argv)
     (output_dir / "results.md").write_text(
