@@ -3,7 +3,7 @@
 Heads trained on frozen, cached encoders with the same samples seen and batch size; test mAP@10 and R@1 in both
 directions, mean and standard deviation over seeds.
 
-python benchmarks/study_ablation.py [--batch_size 16] [--seeds 0,1,2] [--samples_seen 12800] [--dataset ...]
+python benchmarks/study_ablation.py [--batch_size 16] [--seeds 0,1,2] [--samples_seen 2400] [--dataset ...]
 """
 
 import sys

@@ -3,7 +3,7 @@
 Every run sees the same number of training pairs (`--samples_seen`), so batch 4 takes 16x the steps of batch 64.
 Test mAP@10 in both directions, mean and standard deviation over seeds; heads trained on frozen, cached encoders.
 
-python benchmarks/study_batch_size.py [--batch_sizes 4,16,64] [--seeds 0,1,2] [--samples_seen 12800] [--dataset ...]
+python benchmarks/study_batch_size.py [--batch_sizes 4,16,64] [--seeds 0,1,2] [--samples_seen 2400] [--dataset ...]
 """
 
 import sys

@@ -4,7 +4,7 @@ Training noise: each clip is replaced, with probability `--noise_probability`, b
 versions (white, pink or brown noise at a uniform SNR in [5, 15] dB, seeded per clip): the cached form of train.py's
 on-the-fly augmentation. Test noise: `atr.data.mix_at_snr` at exactly each SNR, noise colour `--test_noise`, seeded per clip.
 
-python benchmarks/study_noise.py [--seeds 0,1,2] [--samples_seen 12800] [--test_snrs 15,10,5] [--dataset ...]
+python benchmarks/study_noise.py [--seeds 0,1,2] [--samples_seen 2400] [--test_snrs 15,10,5] [--dataset ...]
 """
 
 import sys
