@@ -64,12 +64,13 @@ def test_trains_from_audiofolder_and_csv_manifest(tmp_path, tiny_text):
     assert 0 <= results["test_t2a_mAP10"] <= 1 and "test_a2t_R1" in results
     assert AutoModel.from_pretrained(out, trust_remote_code=True) is not None
 
-    manifest_rows = []
+    # a CSV manifest: one row per clip, five caption columns, a split column, flac and wav files
+    lines = ["file_name,split," + ",".join(f"caption_{i}" for i in range(1, 6))]
     for split, fmt in (("train", "flac"), ("test", "wav")):
         for name, caps in write_clips(tmp_path / "clips" / split, 8, seed=3, fmt=fmt):
-            manifest_rows.append({"file_name": f"clips/{split}/{name}", "captions": caps, "split": split})
-    manifest = tmp_path / "manifest.jsonl"
-    manifest.write_text("\n".join(json.dumps(r) for r in manifest_rows) + "\n")
+            lines.append(f"clips/{split}/{name},{split}," + ",".join(caps))
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("\n".join(lines) + "\n")
     results, _ = run_train(tmp_path / "b", tiny_text, "--dataset", str(manifest), "--eval_split", "", "--max_steps", "2")
     # 8 test clips x 5 captions: the a2t metrics saw every caption
     assert 0 <= results["test_a2t_mAP10"] <= 1
