@@ -27,6 +27,7 @@ from transformers import get_cosine_schedule_with_warmup
 from transformers.modeling_outputs import BaseModelOutput
 
 from atr import AtrConfig, AtrModel, AtrProcessor
+from atr.cache import module_fingerprint
 from atr.data import decode_audio, load_audio_text_dataset
 from atr.metrics import audio_text_retrieval_metrics, save_results
 
@@ -145,20 +146,11 @@ def head_model(encoder_model, seed, **overrides):
     return model
 
 
-def weights_digest(module):
-    """sha256 of a module's parameters and buffers: a cache key that changes exactly when the weights do."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def _cache_path(args, encoder_model, kind, key):
     # audio caches depend on the audio encoder and feature extractor only, text caches on the text encoder only
     encoder = encoder_model.audio_model if kind == "audio" else encoder_model.text_model
     if not hasattr(encoder, "_study_digest"):
-        encoder._study_digest = weights_digest(encoder)
+        encoder._study_digest = module_fingerprint(encoder)
     digest = hashlib.sha256(json.dumps([encoder._study_digest, kind, key], sort_keys=True).encode()).hexdigest()[:20]
     return Path(args.cache_dir) / f"{kind}-{digest}.pt"
 
