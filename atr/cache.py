@@ -230,8 +230,9 @@ class CachedCollator(AtrCollator):
         if text_cache is None and audio_cache is None:
             raise ValueError("CachedCollator needs text_cache=, audio_cache= or both: otherwise use AtrCollator")
         super().__init__(processor, training=True, **kwargs)
-        self.text_cache = None if text_cache is None else text_cache.with_format("torch", columns=["text_states"])
-        self.audio_cache = None if audio_cache is None else audio_cache.with_format("torch", columns=["audio_states"])
+        # numpy, not torch, format: datasets' torch formatter is about 1.5x slower on these nested arrays.
+        self.text_cache = None if text_cache is None else text_cache.with_format("numpy", columns=["text_states"])
+        self.audio_cache = None if audio_cache is None else audio_cache.with_format("numpy", columns=["audio_states"])
         self.noise_probability = float(noise_probability)
         self.num_views = 0
         if audio_cache is not None:
@@ -269,13 +270,13 @@ class CachedCollator(AtrCollator):
         batch = {"return_loss": True}
         if self.text_cache is not None:
             text = self.text_cache[[int(self.caption_offsets[c] + i) for c, i in zip(clips, choices)]]["text_states"]
-            batch["text_hidden_states"], batch["attention_mask"] = _pad([t.float() for t in text])
+            batch["text_hidden_states"], batch["attention_mask"] = _pad([torch.from_numpy(t).float() for t in text])
         else:
             texts = [row["captions"][i] for row, i in zip(rows, choices)]
             batch.update(self.processor(text=texts, return_tensors="pt"))
         if self.audio_cache is not None:
             indices = [c * (self.num_views + 1) + self._view(seed) for c, seed in zip(clips, seeds)]
-            states = self._sample_chunks([a.float() for a in self.audio_cache[indices]["audio_states"]], generator)
+            states = self._sample_chunks([torch.from_numpy(a).float() for a in self.audio_cache[indices]["audio_states"]], generator)
             batch["audio_hidden_states"], batch["chunk_mask"] = _pad(states)
         else:
             waves = [decode_audio(row["audio"], self.sampling_rate) for row in rows]

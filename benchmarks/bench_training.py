@@ -1,12 +1,17 @@
 """Training throughput and memory of the demo config: uncached vs the frozen-encoder output cache (steps/s, samples/s, peak RSS).
 
 python benchmarks/bench_training.py [--steps 30] [--train_clips 320] [--modes demo,demo_text_cache,frozen,frozen_cached]
+python benchmarks/bench_training.py --modes paper,paper_cached --steps 8 --warmup 2 --train_clips 64
 
 Each mode runs `train.py --config configs/demo.yaml` for --steps steps in its own process (so peak RSS is per mode):
   demo             the demo as configured (audio encoder trained from scratch, text encoder frozen), uncached
   demo_text_cache  the same with --cache_encoder_outputs: only the frozen text encoder's outputs are cached
   frozen           the demo with freeze_audio_encoder: true (the paper's setting: both encoders frozen), uncached
   frozen_cached    the same with --cache_encoder_outputs (text + audio cached, --cache_num_views noisy views)
+  paper            the paper's setting at full size with random weights (nothing is downloaded): frozen HTSAT
+                   (`ClapAudioConfig()`, 10 s windows at 48 kHz) + a frozen 12-layer 768-wide BERT (RoBERTa-base's size,
+                   MiniLM's tokenizer), configs/clotho.yaml's head; uncached
+  paper_cached     the same with --cache_encoder_outputs
 Steps/s are timed from the end of step --warmup to the last step (DataLoader included); the cache build is timed
 separately (`cache_build_s`, the whole cached_training_data call). `cpu_s_per_step` is the process CPU time (all
 threads) per step: on a machine shared with other jobs it is the steadier measure of the work a step costs.
@@ -27,7 +32,24 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"
-MODES = ("demo", "demo_text_cache", "frozen", "frozen_cached")
+MODES = ("demo", "demo_text_cache", "frozen", "frozen_cached", "paper", "paper_cached")
+
+
+def save_paper_size_model(directory):
+    """Save the paper's architecture at full size with random weights (frozen encoders, clotho.yaml's head) + processor."""
+    sys.path.insert(0, str(ROOT))
+    from transformers import AutoTokenizer, BertConfig, ClapAudioConfig
+
+    import train
+    from atr import AtrConfig, AtrFeatureExtractor, AtrModel, AtrProcessor
+
+    head = yaml.safe_load((ROOT / "configs" / "clotho.yaml").read_text())["model_config"]
+    text_path = train.resolve_pretrained(train.MINILM_ID)
+    tokenizer = AutoTokenizer.from_pretrained(text_path)
+    text_config = BertConfig(vocab_size=tokenizer.vocab_size)  # bert-base size: 12 layers, 768 wide, like RoBERTa-base
+    model = AtrModel(AtrConfig(audio_config=ClapAudioConfig(), text_config=text_config, **head))
+    model.save_pretrained(directory)
+    AtrProcessor(AtrFeatureExtractor.from_audio_config(model.config.audio_config), tokenizer).save_pretrained(directory)
 
 
 def run_mode(mode, args, workdir):
@@ -68,7 +90,11 @@ def run_mode(mode, args, workdir):
     model_config = yaml.safe_load(DEMO.read_text())["model_config"]
     if mode.startswith("frozen"):
         model_config = {**model_config, "freeze_audio_encoder": True}
-    argv = [
+    extra = []
+    if mode.startswith("paper"):
+        model_config = {}  # the saved model's own head and freezing
+        extra = ["--model_name_or_path", str(workdir / "paper_model")]
+    argv = extra + [
         "--config", str(DEMO), "--output_dir", str(workdir / mode), "--max_steps", str(args.steps), "--save_strategy", "no",
         "--synthetic_sizes", f"{args.train_clips},0,0", "--eval_split", "", "--test_split", "", "--logging_steps", str(args.steps),
         "--model_config", json.dumps(model_config), "--disable_tqdm", "true", "--encoder_cache_dir", str(workdir / "cache"),
@@ -165,9 +191,13 @@ def main():
         if args.breakdown:
             print(json.dumps(breakdown(args, Path(workdir))), flush=True)
             return
-        for mode in args.modes.split(","):
+        modes = args.modes.split(",")
+        for mode in modes:
             if mode not in MODES:
                 raise ValueError(f"mode {mode!r} is unknown: pick from {MODES}")
+        if any(mode.startswith("paper") for mode in modes):
+            save_paper_size_model(Path(workdir) / "paper_model")
+        for mode in modes:
             command = [sys.executable, __file__, "--child", mode, "--workdir", workdir, "--steps", str(args.steps),
                        "--warmup", str(args.warmup), "--train_clips", str(args.train_clips), "--views", str(args.views),
                        "--threads", str(args.threads)]
