@@ -334,6 +334,8 @@ class AtrModel(AtrPreTrainedModel):
 
     def _audio_chunks(self, input_features, chunk_mask, keep_tokens=False, precomputed=False):
         """Chunk embeddings (B, C, D) and mask (B, C) from chunked features (or encoder states); padding chunks are never encoded."""
+        if precomputed:
+            self._check_precomputed("audio_hidden_states", self.config.freeze_audio_encoder)
         if precomputed and input_features.dim() != 4:
             raise ValueError(
                 f"audio_hidden_states has shape {tuple(input_features.shape)}, expected (batch, chunks, tokens, hidden): "
@@ -365,14 +367,23 @@ class AtrModel(AtrPreTrainedModel):
 
     # ---- public API -----------------------------------------------------------------------------------------
 
-    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None, **kwargs):
-        """Embed captions: `pooler_output` is the L2-normalised (B, projection_dim) embedding."""
-        tokens, mask = self._encode_text_tokens(input_ids, attention_mask, token_type_ids)
+    @staticmethod
+    def _one_of(raw_name, raw, states_name, states):
+        # Exactly one of raw inputs / precomputed encoder states, as in forward.
+        if (raw is None) == (states is None):
+            raise ValueError(f"pass either {raw_name} or {states_name} (the frozen encoder's precomputed states), not {'both' if raw is not None else 'neither'}")
+
+    def get_text_features(self, input_ids=None, attention_mask=None, token_type_ids=None, text_hidden_states=None, **kwargs):
+        """Embed captions (or precomputed text-encoder states): `pooler_output` is the L2-normalised (B, projection_dim) embedding."""
+        self._one_of("input_ids", input_ids, "text_hidden_states", text_hidden_states)
+        tokens, mask = self._encode_text_tokens(input_ids, attention_mask, token_type_ids, text_hidden_states)
         return BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=F.normalize(self._pool_text(tokens, mask), dim=-1))
 
-    def get_audio_features(self, input_features, chunk_mask=None, **kwargs):
-        """Embed chunked audio: `pooler_output` is the L2-normalised (B, projection_dim) embedding."""
-        chunk_embeds, chunk_mask, _, _ = self._audio_chunks(input_features, chunk_mask)
+    def get_audio_features(self, input_features=None, chunk_mask=None, audio_hidden_states=None, **kwargs):
+        """Embed chunked audio (or precomputed audio-encoder states): `pooler_output` is the L2-normalised (B, projection_dim) embedding."""
+        self._one_of("input_features", input_features, "audio_hidden_states", audio_hidden_states)
+        precomputed = audio_hidden_states is not None
+        chunk_embeds, chunk_mask, _, _ = self._audio_chunks(audio_hidden_states if precomputed else input_features, chunk_mask, precomputed=precomputed)
         pooled, weights = self.chunk_pooling(chunk_embeds, chunk_mask)
         return AtrAudioOutput(last_hidden_state=chunk_embeds, pooler_output=F.normalize(pooled, dim=-1), chunk_weights=weights)
 
@@ -414,8 +425,6 @@ class AtrModel(AtrPreTrainedModel):
             text_tokens, text_mask = self._encode_text_tokens(input_ids, attention_mask, token_type_ids, text_hidden_states)
             text_embeds = F.normalize(self._pool_text(text_tokens, text_mask), dim=-1)
         if has_audio:
-            if audio_hidden_states is not None:
-                self._check_precomputed("audio_hidden_states", self.config.freeze_audio_encoder)
             chunk_embeds, chunk_mask, audio_seq, audio_seq_mask = self._audio_chunks(
                 input_features if audio_hidden_states is None else audio_hidden_states, chunk_mask,
                 keep_tokens=want_loss, precomputed=audio_hidden_states is not None,

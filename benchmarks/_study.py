@@ -22,9 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from torch import nn
 from transformers import get_cosine_schedule_with_warmup
-from transformers.modeling_outputs import BaseModelOutput
 
 from atr import AtrConfig, AtrModel, AtrProcessor
 from atr.cache import module_fingerprint
@@ -37,7 +35,10 @@ logger = logging.getLogger("atr.study")
 ENCODER_HEAD_OVERRIDES = {"lambda_cosine": 0.0, "lambda_l1": 0.0, "cross_modal_attention": False}
 # The heads start from the paper's method whatever the encoder was trained with; frozen encoders cannot collapse, so
 # the alignment terms have full weight from step 0 (no alignment warm-up).
-HEAD_DEFAULTS = {"lambda_cosine": 1.0, "lambda_l1": 1.0, "lambda_contrastive": 1.0, "cross_modal_attention": True, "alignment_warmup_steps": 0}
+HEAD_DEFAULTS = {
+    "lambda_cosine": 1.0, "lambda_l1": 1.0, "lambda_contrastive": 1.0, "cross_modal_attention": True, "alignment_warmup_steps": 0,
+    "freeze_audio_encoder": True, "freeze_text_encoder": True,
+}
 METRIC_KEYS = ("t2a_mAP10", "a2t_mAP10", "t2a_R1", "a2t_R1")
 
 
@@ -116,34 +117,14 @@ def load_split(args, split, limit):
 # ---------------------------------------------------------------- encoder-output cache
 
 
-class CachedAudioEncoder(nn.Module):
-    """Stands in for the frozen audio encoder: the model's `input_features` are already the encoder's token sequences."""
-
-    def __init__(self, hidden_size):
-        super().__init__()
-        self.hidden_size = hidden_size
-
-    def forward(self, tokens):
-        """Cached tokens (N, L, H) in, the same tokens (float32) and no mask out."""
-        return tokens.float(), None
-
-
-class CachedTextEncoder(nn.Module):
-    """Stands in for the frozen text encoder: the model's `input_ids` are already the encoder's hidden states."""
-
-    def forward(self, input_ids, attention_mask=None, **kwargs):
-        """Cached hidden states (B, L, H) in, as `last_hidden_state` out."""
-        return BaseModelOutput(last_hidden_state=input_ids.float())
-
-
 def head_model(encoder_model, seed, **overrides):
-    """A fresh AtrModel (heads initialised from `seed`) with the encoder's config plus `overrides`, running on cached encoder outputs."""
+    """A fresh AtrModel (heads initialised from `seed`) with the encoder's config plus `overrides`, fed cached encoder outputs.
+
+    Its own encoders are frozen and never run: the cached states go in as `audio_hidden_states` / `text_hidden_states`.
+    """
     config = AtrConfig.from_dict({**encoder_model.config.to_dict(), **HEAD_DEFAULTS, **overrides})
     torch.manual_seed(seed)
-    model = AtrModel(config)
-    model.audio_model = CachedAudioEncoder(encoder_model.audio_model.hidden_size)
-    model.text_model = CachedTextEncoder()
-    return model
+    return AtrModel(config)
 
 
 def _cache_path(args, encoder_model, kind, key):
@@ -300,7 +281,8 @@ def train_heads(model, audio_variants, text, *, samples_seen, batch_size, learni
         text_tokens, text_mask = _text_rows(text, clips, generator)
         # the same alignment warm-up AtrTrainer applies (config.alignment_warmup_steps; 0 = full weights from the start)
         model.alignment_scale = min(1.0, step / warmup) if warmup else 1.0
-        output = model(input_ids=text_tokens, attention_mask=text_mask, input_features=tokens, chunk_mask=chunk_mask, return_loss=True)
+        output = model(text_hidden_states=text_tokens.float(), attention_mask=text_mask, audio_hidden_states=tokens.float(),
+                       chunk_mask=chunk_mask, return_loss=True)
         output.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -321,7 +303,7 @@ def embed_cached(model, audio, text, batch_size=64, pooling="attention"):
     for start in range(0, audio["tokens"].shape[0], batch_size):
         clips = torch.arange(start, min(start + batch_size, audio["tokens"].shape[0]))
         tokens, mask = _audio_rows(audio, clips)
-        output = model.get_audio_features(input_features=tokens, chunk_mask=mask)
+        output = model.get_audio_features(audio_hidden_states=tokens.float(), chunk_mask=mask)
         if pooling == "mean":
             weights = mask.float() / mask.sum(1, keepdim=True)
             embeds = torch.nn.functional.normalize((output.last_hidden_state * weights.unsqueeze(-1)).sum(1), dim=-1)
@@ -331,7 +313,8 @@ def embed_cached(model, audio, text, batch_size=64, pooling="attention"):
     for start in range(0, text["tokens"].shape[0], batch_size):
         mask = text["mask"][start : start + batch_size]
         length = int(mask.sum(1).max())
-        text_embeds.append(model.get_text_features(input_ids=text["tokens"][start : start + batch_size, :length], attention_mask=mask[:, :length]).pooler_output)
+        states = text["tokens"][start : start + batch_size, :length].float()
+        text_embeds.append(model.get_text_features(text_hidden_states=states, attention_mask=mask[:, :length]).pooler_output)
     return torch.cat(audio_embeds), torch.cat(text_embeds)
 
 

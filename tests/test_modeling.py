@@ -54,6 +54,26 @@ def test_text_only_and_audio_only_forward_and_feature_methods():
         model()
 
 
+def test_feature_methods_take_precomputed_encoder_states():
+    """Cached encoder states (atr.cache) embed exactly like the raw inputs they were computed from."""
+    model = make_model("whisper", "bert").eval()
+    features, chunk_mask = tiny_features(model.config, 2, 2), torch.tensor([[1, 1], [1, 0]])
+    text = text_inputs(2)
+    with torch.no_grad():
+        states = torch.zeros(2, 2, *model.get_audio_encoder_states(features[:1, 0]).shape[1:])
+        states[chunk_mask.bool()] = model.get_audio_encoder_states(features[chunk_mask.bool()])
+        audio = model.get_audio_features(input_features=features, chunk_mask=chunk_mask)
+        cached_audio = model.get_audio_features(audio_hidden_states=states, chunk_mask=chunk_mask)
+        text_states = model.get_text_encoder_states(text["input_ids"], text["attention_mask"])
+        cached_text = model.get_text_features(text_hidden_states=text_states, attention_mask=text["attention_mask"])
+    torch.testing.assert_close(cached_audio.pooler_output, audio.pooler_output, atol=1e-6, rtol=0)
+    torch.testing.assert_close(cached_text.pooler_output, model.get_text_features(**text).pooler_output, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="either input_features or audio_hidden_states.*not both"):
+        model.get_audio_features(input_features=features, audio_hidden_states=states)
+    with pytest.raises(ValueError, match="either input_ids or text_hidden_states.*not neither"):
+        model.get_text_features()
+
+
 @pytest.mark.parametrize("audio,pooling", [("clap", "mean"), ("whisper", "mean"), ("whisper", "mean_max")])
 def test_padding_chunks_change_nothing(audio, pooling):
     model = make_model(audio, "bert", audio_token_pooling=pooling).eval()
