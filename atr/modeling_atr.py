@@ -332,10 +332,12 @@ class AtrModel(AtrPreTrainedModel):
             return torch.cat(embeds), torch.cat(tokens), torch.cat(masks)
         return torch.cat(embeds), None, None
 
-    def _audio_chunks(self, input_features, chunk_mask, keep_tokens=False, precomputed=False):
+    def _audio_chunks(self, input_features, chunk_mask, keep_tokens=False, audio_hidden_states=None):
         """Chunk embeddings (B, C, D) and mask (B, C) from chunked features (or encoder states); padding chunks are never encoded."""
+        precomputed = audio_hidden_states is not None
         if precomputed:
             self._check_precomputed("audio_hidden_states", self.config.freeze_audio_encoder)
+            input_features = audio_hidden_states
         if precomputed and input_features.dim() != 4:
             raise ValueError(
                 f"audio_hidden_states has shape {tuple(input_features.shape)}, expected (batch, chunks, tokens, hidden): "
@@ -368,10 +370,12 @@ class AtrModel(AtrPreTrainedModel):
     # ---- public API -----------------------------------------------------------------------------------------
 
     @staticmethod
-    def _one_of(raw_name, raw, states_name, states):
-        # Exactly one of raw inputs / precomputed encoder states, as in forward.
-        if (raw is None) == (states is None):
-            raise ValueError(f"pass either {raw_name} or {states_name} (the frozen encoder's precomputed states), not {'both' if raw is not None else 'neither'}")
+    def _one_of(raw_name, raw, states_name, states, required=True):
+        # Raw inputs or the frozen encoder's precomputed states of one modality, never both (and one of them if required).
+        both = raw is not None and states is not None
+        if both or required and raw is None and states is None:
+            got = f"both {raw_name} and {states_name}" if both else f"neither {raw_name} nor {states_name}"
+            raise ValueError(f"got {got}: pass either {raw_name} or {states_name} (the frozen encoder's precomputed states), not {'both' if both else 'neither'}")
 
     def get_text_features(self, input_ids=None, attention_mask=None, token_type_ids=None, text_hidden_states=None, **kwargs):
         """Embed captions (or precomputed text-encoder states): `pooler_output` is the L2-normalised (B, projection_dim) embedding."""
@@ -382,8 +386,7 @@ class AtrModel(AtrPreTrainedModel):
     def get_audio_features(self, input_features=None, chunk_mask=None, audio_hidden_states=None, **kwargs):
         """Embed chunked audio (or precomputed audio-encoder states): `pooler_output` is the L2-normalised (B, projection_dim) embedding."""
         self._one_of("input_features", input_features, "audio_hidden_states", audio_hidden_states)
-        precomputed = audio_hidden_states is not None
-        chunk_embeds, chunk_mask, _, _ = self._audio_chunks(audio_hidden_states if precomputed else input_features, chunk_mask, precomputed=precomputed)
+        chunk_embeds, chunk_mask, _, _ = self._audio_chunks(input_features, chunk_mask, audio_hidden_states=audio_hidden_states)
         pooled, weights = self.chunk_pooling(chunk_embeds, chunk_mask)
         return AtrAudioOutput(last_hidden_state=chunk_embeds, pooler_output=F.normalize(pooled, dim=-1), chunk_weights=weights)
 
@@ -412,9 +415,8 @@ class AtrModel(AtrPreTrainedModel):
         replace `input_features` / `input_ids` by the frozen encoders' precomputed outputs (`atr.cache`): only the
         heads, attention, pooling and loss run.
         """
-        for raw, states in (("input_features", "audio_hidden_states"), ("input_ids", "text_hidden_states")):
-            if locals()[raw] is not None and locals()[states] is not None:
-                raise ValueError(f"forward got both {raw} and {states}: pass one of them")
+        self._one_of("input_features", input_features, "audio_hidden_states", audio_hidden_states, required=False)
+        self._one_of("input_ids", input_ids, "text_hidden_states", text_hidden_states, required=False)
         has_text, has_audio = input_ids is not None or text_hidden_states is not None, input_features is not None or audio_hidden_states is not None
         if not (has_text or has_audio):
             raise ValueError("forward needs input_features (audio), input_ids (text) or both")
@@ -426,8 +428,7 @@ class AtrModel(AtrPreTrainedModel):
             text_embeds = F.normalize(self._pool_text(text_tokens, text_mask), dim=-1)
         if has_audio:
             chunk_embeds, chunk_mask, audio_seq, audio_seq_mask = self._audio_chunks(
-                input_features if audio_hidden_states is None else audio_hidden_states, chunk_mask,
-                keep_tokens=want_loss, precomputed=audio_hidden_states is not None,
+                input_features, chunk_mask, keep_tokens=want_loss, audio_hidden_states=audio_hidden_states
             )
             pooled, chunk_weights = self.chunk_pooling(chunk_embeds, chunk_mask)
             audio_embeds = F.normalize(pooled, dim=-1)
