@@ -1,0 +1,234 @@
+"""Download public datasets that have no loadable Hub copy and lay them out as audiofolders: `python -m atr.prepare clotho OUT_DIR`.
+
+The result is what `atr.data.load_audio_text_dataset(OUT_DIR, split)` reads: `train/`, `validation/` and `test/`, each
+with the audio files and a `metadata.csv` (`file_name`, `caption_1` ... `caption_5`). Downloads go to
+`OUT_DIR/.downloads/`, resume where an interrupted run stopped, and are checked against the publisher's MD5 sums;
+`OUT_DIR/prepared.json` marks a finished folder, which is never overwritten. See docs/data.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import logging
+import os
+import shutil
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1 << 20
+DOWNLOADS = ".downloads"
+FINISHED = "prepared.json"
+# Clotho v2.1 on Zenodo (record 4783391); MD5 sums as published with the record (also in Labbeti/aac-datasets,
+# src/aac_datasets/datasets/functional/clotho.py). The `development` set is the usual training split, `evaluation` the test.
+CLOTHO_URL = "https://zenodo.org/records/4783391/files/{name}?download=1"
+CLOTHO_MD5 = {
+    "clotho_audio_development.7z": "c8b05bc7acdb13895bb3c6a29608667e",
+    "clotho_audio_validation.7z": "7dba730be08bada48bd15dc4e668df59",
+    "clotho_audio_evaluation.7z": "4569624ccadf96223f19cb59fe4f849f",
+    "clotho_captions_development.csv": "d4090b39ce9f2491908eebf4d5b09bae",
+    "clotho_captions_validation.csv": "5879e023032b22a2c930aaa0528bead4",
+    "clotho_captions_evaluation.csv": "1b16b9e57cf7bdb7f13a13802aeb57e2",
+}
+CLOTHO_SPLITS = {"train": "development", "validation": "validation", "test": "evaluation"}
+CLOTHO_CAPTIONS = tuple(f"caption_{i}" for i in range(1, 6))
+# 7z of 16-bit WAV saves little: the extracted audio is taken as 1.5x the archives until the exact size is known.
+EXTRACT_RATIO = 1.5
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file to download: where from and its MD5 sum."""
+
+    name: str
+    url: str
+    md5: str
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A dataset to prepare: its files and, per output split, (archive, captions CSV, folder inside the archive)."""
+
+    name: str
+    files: tuple[RemoteFile, ...]
+    splits: dict = field(default_factory=dict)
+
+
+def clotho_recipe(url_template: str = CLOTHO_URL, checksums: dict | None = None) -> Recipe:
+    """Clotho v2.1: three 7z audio archives and three caption CSVs (file_name, caption_1..caption_5)."""
+    checksums = checksums or CLOTHO_MD5
+    files = tuple(RemoteFile(name, url_template.format(name=name), md5) for name, md5 in checksums.items())
+    splits = {split: (f"clotho_audio_{part}.7z", f"clotho_captions_{part}.csv", part) for split, part in CLOTHO_SPLITS.items()}
+    return Recipe("clotho", files, splits)
+
+
+RECIPES = {"clotho": clotho_recipe}
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK_BYTES), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _remote_size(url: str) -> int | None:
+    """The size of a URL's content in bytes (file:// or an HTTP HEAD's Content-Length), None when unknown."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "file":
+        return os.path.getsize(urllib.request.url2pathname(parsed.path))
+    with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=60) as response:
+        length = response.headers.get("Content-Length")
+    return int(length) if length else None
+
+
+def _open_source(url: str, offset: int):
+    """(readable stream starting at `offset`, whether it really starts there) for a file:// or HTTP(S) URL."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "file":
+        handle = open(urllib.request.url2pathname(parsed.path), "rb")
+        handle.seek(offset)
+        return handle, True
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60)
+    return response, offset == 0 or response.status == 206
+
+
+def download(remote: RemoteFile, folder: Path) -> Path:
+    """Download `remote` into `folder` (resuming a `.part` file), check its MD5 and return the finished path."""
+    final = folder / remote.name
+    if final.is_file():
+        return final
+    part = folder / f"{remote.name}.part"
+    offset = part.stat().st_size if part.is_file() else 0
+    source, resumed = _open_source(remote.url, offset)
+    with source:
+        if offset and resumed:
+            logger.info("resuming %s at %d bytes", remote.name, offset)
+        elif offset:
+            logger.info("the server of %s does not resume downloads: starting it again", remote.name)
+        else:
+            logger.info("downloading %s", remote.url)
+        with open(part, "ab" if resumed else "wb") as target:
+            for block in iter(lambda: source.read(CHUNK_BYTES), b""):
+                target.write(block)
+    found = _md5(part)
+    if found != remote.md5:
+        part.unlink()
+        raise ValueError(
+            f"downloaded {remote.name} has MD5 {found}, expected {remote.md5}: the file was removed. Run the command "
+            f"again to download it afresh; if it fails again the file at {remote.url} changed, so report it"
+        )
+    part.rename(final)
+    return final
+
+
+def disk_needed(recipe: Recipe, downloads: Path) -> tuple[int, int]:
+    """(bytes still to download, bytes the extracted audio is expected to take) for `recipe`."""
+    to_download = extracted = 0
+    for remote in recipe.files:
+        final, part = downloads / remote.name, downloads / f"{remote.name}.part"
+        size = final.stat().st_size if final.is_file() else _remote_size(remote.url) or 0
+        if not final.is_file():
+            to_download += size - (part.stat().st_size if part.is_file() else 0)
+        if remote.name.endswith(".7z"):
+            extracted += int(size * EXTRACT_RATIO)
+    return to_download, extracted
+
+
+def _check_free(folder: Path, needed: int, what: str):
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise OSError(f"{what} needs {needed / 1e9:.1f} GB free on {folder}, but only {free / 1e9:.1f} GB are free: "
+                      "free some space or pass another OUT_DIR")
+
+
+def _extract(archive: Path, target: Path):
+    """Extract a 7z archive into `target`, after checking there is room for its uncompressed size."""
+    try:
+        import py7zr
+    except ImportError as error:
+        raise ImportError("extracting 7z archives needs py7zr: pip install 'atr[prepare]' (or pip install py7zr)") from error
+
+    target.mkdir(parents=True)
+    with py7zr.SevenZipFile(archive) as seven_zip:
+        _check_free(target, seven_zip.archiveinfo().uncompressed, f"extracting {archive.name}")
+        seven_zip.extractall(path=target)
+
+
+def _write_split(recipe: Recipe, split: str, downloads: Path, out: Path) -> int:
+    """Extract one split's audio into `out/split` and write its metadata.csv; returns the number of clips."""
+    archive, captions_csv, inner = recipe.splits[split]
+    staging = out / f".{split}.extract"
+    shutil.rmtree(staging, ignore_errors=True)
+    _extract(downloads / archive, staging)
+    audio_dir = staging / inner
+    if not audio_dir.is_dir():
+        raise ValueError(f"{archive} has no {inner}/ folder (found {sorted(p.name for p in staging.iterdir())}): "
+                         "the archive is not the expected release")
+    with open(downloads / captions_csv, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    for index, row in enumerate(rows):
+        captions = [(row.get(column) or "").strip() for column in CLOTHO_CAPTIONS]
+        if not all(captions):
+            raise ValueError(f"{captions_csv} row {index} ({row.get('file_name')!r}) has {sum(map(bool, captions))} of 5 captions")
+        if not (audio_dir / row["file_name"]).is_file():
+            raise ValueError(f"{captions_csv} row {index} names {row['file_name']!r}, which {archive} does not hold")
+    split_dir = out / split
+    shutil.rmtree(split_dir, ignore_errors=True)
+    audio_dir.rename(split_dir)
+    shutil.rmtree(staging)
+    with open(split_dir / "metadata.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file_name", *CLOTHO_CAPTIONS])
+        writer.writerows([row["file_name"], *(row[c].strip() for c in CLOTHO_CAPTIONS)] for row in rows)
+    return len(rows)
+
+
+def prepare(recipe: Recipe, out_dir: str | os.PathLike, keep_downloads: bool = False) -> Path:
+    """Download, verify, extract and lay out `recipe` in `out_dir`; refuses a finished or foreign non-empty folder."""
+    out = Path(out_dir)
+    downloads = out / DOWNLOADS
+    if (out / FINISHED).exists():
+        raise FileExistsError(f"{out} already holds a prepared {recipe.name} ({out / FINISHED}): use it as it is, or "
+                              "delete the folder to prepare it again")
+    if out.is_dir() and any(out.iterdir()) and not downloads.is_dir():
+        raise FileExistsError(f"{out} is not empty and was not started by atr.prepare: choose an empty or new OUT_DIR")
+    downloads.mkdir(parents=True, exist_ok=True)
+    to_download, extracted = disk_needed(recipe, downloads)
+    logger.info("%s needs about %.1f GB on %s: %.1f GB still to download, about %.1f GB of extracted audio",
+                recipe.name, (to_download + extracted) / 1e9, out, to_download / 1e9, extracted / 1e9)
+    _check_free(out, to_download + extracted, f"preparing {recipe.name}")
+    checksums = {}
+    for remote in recipe.files:
+        download(remote, downloads)
+        checksums[remote.name] = remote.md5
+    counts = {split: _write_split(recipe, split, downloads, out) for split in recipe.splits}
+    if not keep_downloads:
+        shutil.rmtree(downloads)
+    (out / FINISHED).write_text(json.dumps({"dataset": recipe.name, "clips": counts, "md5": checksums,
+                                            "sources": [r.url for r in recipe.files]}, indent=2) + "\n")
+    logger.info("prepared %s in %s: %s", recipe.name, out, counts)
+    return out
+
+
+def main(argv=None):
+    """The command line: `python -m atr.prepare clotho OUT_DIR [--keep_downloads]`."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", choices=sorted(RECIPES))
+    parser.add_argument("out_dir", help="Folder to write (new or empty; an interrupted run's folder resumes).")
+    parser.add_argument("--keep_downloads", action="store_true", help="Keep the archives in OUT_DIR/.downloads.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    prepare(RECIPES[args.dataset](), args.out_dir, keep_downloads=args.keep_downloads)
+
+
+if __name__ == "__main__":
+    main()
