@@ -10,7 +10,6 @@ test mAP@10 and R@1 per mode (mean and standard deviation over seeds).
 """
 
 import argparse
-import copy
 import json
 import statistics
 import subprocess
@@ -21,23 +20,11 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _study import export_audio_encoder  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("test_t2a_mAP10", "test_t2a_R1", "test_a2t_mAP10", "test_a2t_R1")
-
-
-def export_audio_encoder(model_dir, target):
-    """Save the audio encoder of a trained atr model (Whisper-style) as a WhisperModel checkpoint for --audio_backbone."""
-    from transformers import AutoModel, WhisperModel
-
-    model = AutoModel.from_pretrained(model_dir, trust_remote_code=True)
-    if model.config.audio_config.model_type != "whisper":
-        raise ValueError(f"{model_dir} has a {model.config.audio_config.model_type} audio encoder: this benchmark exports Whisper ones")
-    config = copy.deepcopy(model.config.audio_config)
-    # Only the encoder is used; the unused decoder just has to be constructible at the encoder's width.
-    config.decoder_attention_heads, config.decoder_ffn_dim = config.encoder_attention_heads, config.encoder_ffn_dim
-    whisper = WhisperModel(config)
-    whisper.encoder.load_state_dict(model.audio_model.encoder.state_dict())
-    whisper.save_pretrained(target)
 
 
 def main():

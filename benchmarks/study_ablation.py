@@ -1,13 +1,12 @@
 """Claim (d), ablation: the full method vs cross-modal attention off, and each loss term removed in turn.
 
-Heads trained on frozen, cached encoders with the same samples seen and batch size; test mAP@10 and R@1 in both
-directions, mean and standard deviation over seeds.
+Each variant is one `train.py` run per seed on the frozen study encoder with `--cache_encoder_outputs`, the same
+samples seen and batch size; test mAP@10 and R@1 in both directions, mean and standard deviation over seeds.
 
 python benchmarks/study_ablation.py [--batch_size 16] [--seeds 0,1,2] [--samples_seen 2400] [--dataset ...]
 """
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,25 +38,18 @@ def plot(rows):
 
 
 def main(argv=None):
-    """Train every variant at each seed; write the table and plot."""
+    """One train.py run per variant and seed; write the table and plot."""
     parser = _study.study_parser(__doc__, NAME)
     args = parser.parse_args(argv)
-    _study.setup(args)
-    started = time.perf_counter()
-    encoder, _, _, data = _study.study_data(args)
+    started = _study.setup(args)
 
     runs = []
-    for variant, overrides in VARIANTS.items():
+    for index, (variant, overrides) in enumerate(VARIANTS.items()):
         for seed in _study.parse_seeds(args.seeds):
-            run_start = time.perf_counter()
-            model = _study.head_model(encoder, seed, **overrides)
-            history = _study.train_heads(model, [data["train"]["audio"]], data["train"]["text"], samples_seen=args.samples_seen,
-                                         batch_size=args.batch_size, learning_rate=args.learning_rate, seed=seed)
-            metrics = _study.evaluate_cached(model, data["test"]["audio"], data["test"]["text"])
-            runs.append({"variant": variant, "seed": seed, "steps": len(history), "final_loss": history[-1],
-                         "seconds": time.perf_counter() - run_start, "metrics": metrics})
+            run = _study.train_run(args, Path(args.output_dir) / "runs" / f"variant{index}-seed{seed}", seed, model_config=overrides, keep_model=False)
+            runs.append({"variant": variant, **run})
             _study.logger.info("%s seed %d: t2a mAP@10 %.3f a2t mAP@10 %.3f (%.0f s)", variant, seed,
-                               metrics["t2a_mAP10"], metrics["a2t_mAP10"], runs[-1]["seconds"])
+                               run["metrics"]["t2a_mAP10"], run["metrics"]["a2t_mAP10"], run["seconds"])
     rows = _study.summarise(runs, ("variant",))
     table = _study.markdown_table(rows, ("variant",))
     _study.write_outputs(args, NAME, runs, rows, table, plot(rows), started, argv)

@@ -1,13 +1,13 @@
-"""Claim (a), batch-size robustness: hybrid loss vs contrastive only (λ_cos = λ_L1 = 0) at batch sizes 4, 16 and 64.
+"""Claim (a), batch-size robustness: hybrid loss vs contrastive only (λ_cos = λ_L1 = 0) at batch sizes 4, 8, 32 and 128.
 
-Every run sees the same number of training pairs (`--samples_seen`), so batch 4 takes 16x the steps of batch 64.
-Test mAP@10 in both directions, mean and standard deviation over seeds; heads trained on frozen, cached encoders.
+Each setting is one `train.py` run on the frozen study encoder with `--cache_encoder_outputs`; every run sees the same
+number of training pairs (`--samples_seen`), so batch 4 takes 32x the steps of batch 128. Test mAP@10 and R@1 in both
+directions (train.py's final test evaluation), mean and standard deviation over seeds.
 
-python benchmarks/study_batch_size.py [--batch_sizes 4,16,64] [--seeds 0,1,2] [--samples_seen 2400] [--dataset ...]
+python benchmarks/study_batch_size.py [--batch_sizes 4,8,32,128] [--seeds 0,1,2] [--samples_seen 2400] [--dataset ...]
 """
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,29 +36,22 @@ def plot(rows, batch_sizes):
 
 
 def main(argv=None):
-    """Train hybrid and contrastive-only heads at each batch size and seed; write the table and plot."""
+    """One train.py run per loss, batch size and seed; write the table and plot."""
     parser = _study.study_parser(__doc__, NAME)
-    parser.add_argument("--batch_sizes", default="4,16,64")
+    parser.add_argument("--batch_sizes", default="4,8,32,128")
     args = parser.parse_args(argv)
-    _study.setup(args)
-    started = time.perf_counter()
+    started = _study.setup(args)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-
-    encoder, _, _, data = _study.study_data(args)
 
     runs = []
     for loss, overrides in LOSSES.items():
         for batch_size in batch_sizes:
             for seed in _study.parse_seeds(args.seeds):
-                run_start = time.perf_counter()
-                model = _study.head_model(encoder, seed, **overrides)
-                history = _study.train_heads(model, [data["train"]["audio"]], data["train"]["text"], samples_seen=args.samples_seen, batch_size=batch_size,
-                                             learning_rate=args.learning_rate, seed=seed)
-                metrics = _study.evaluate_cached(model, data["test"]["audio"], data["test"]["text"])
-                runs.append({"loss": loss, "batch_size": batch_size, "seed": seed, "steps": len(history), "final_loss": history[-1],
-                             "seconds": time.perf_counter() - run_start, "metrics": metrics})
+                output_dir = Path(args.output_dir) / "runs" / f"{loss.replace(' ', '_')}-b{batch_size}-seed{seed}"
+                run = _study.train_run(args, output_dir, seed, batch_size=batch_size, model_config=overrides, keep_model=False)
+                runs.append({"loss": loss, **run})
                 _study.logger.info("%s batch %d seed %d: t2a mAP@10 %.3f a2t mAP@10 %.3f (%.0f s)", loss, batch_size, seed,
-                                   metrics["t2a_mAP10"], metrics["a2t_mAP10"], runs[-1]["seconds"])
+                                   run["metrics"]["t2a_mAP10"], run["metrics"]["a2t_mAP10"], run["seconds"])
     rows = _study.summarise(runs, ("loss", "batch_size"))
     table = _study.markdown_table(rows, ("loss", "batch_size"))
     _study.write_outputs(args, NAME, runs, rows, table, plot(rows, batch_sizes), started, argv)

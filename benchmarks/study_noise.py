@@ -1,39 +1,19 @@
-"""Claim (b), noise robustness: heads trained with and without SNR 5-15 dB noise augmentation, tested clean and at 15/10/5 dB.
+"""Claim (b), noise robustness: heads trained with and without noise augmentation, tested clean and at SNR 15/10/5 dB.
 
-Training noise: each clip is replaced, with probability `--noise_probability`, by one of `--noisy_copies` cached noisy
-versions (white, pink or brown noise at a uniform SNR in [5, 15] dB, seeded per clip): the cached form of train.py's
-on-the-fly augmentation. Test noise: `atr.data.mix_at_snr` at exactly each SNR, noise colour `--test_noise`, seeded per clip.
+Training: `train.py --noise_probability 0` vs `--noise_probability 0.5` (train.py's default: white or coloured noise at
+a uniform SNR in [5, 15] dB), both on the frozen study encoder with `--cache_encoder_outputs` (the cache stores
+`--cache_num_views` noisy views per clip). Testing: `evaluate.py --snr clean 15 10 5 --noise white` on each model.
 
 python benchmarks/study_noise.py [--seeds 0,1,2] [--samples_seen 2400] [--test_snrs 15,10,5] [--dataset ...]
 """
 
 import sys
-import time
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _study  # noqa: E402
-from atr.data import mix_at_snr  # noqa: E402
 
 NAME = "study_noise"
-NOISE_COLORS = ("white", "pink", "brown")
-
-
-def random_noise(seed, min_snr_db, max_snr_db):
-    """A transform(wave, index) adding noise of a random colour at a random SNR, seeded by (seed, index)."""
-
-    def transform(wave, index):
-        rng = np.random.default_rng([seed, index])
-        return mix_at_snr(wave, NOISE_COLORS[rng.integers(len(NOISE_COLORS))], rng.uniform(min_snr_db, max_snr_db), rng=rng)
-
-    return transform
-
-
-def fixed_noise(color, snr_db, seed=1234):
-    """A transform(wave, index) adding `color` noise at exactly `snr_db`, seeded by (seed, index)."""
-    return lambda wave, index: mix_at_snr(wave, color, snr_db, rng=np.random.default_rng([seed, index]))
 
 
 def plot(rows, conditions):
@@ -53,46 +33,33 @@ def plot(rows, conditions):
 
 
 def main(argv=None):
-    """Train heads with and without noise at each seed, evaluate each at every test condition; write the table and plot."""
+    """One train.py run per training regime and seed, each evaluated by evaluate.py at every test condition."""
     parser = _study.study_parser(__doc__, NAME)
-    parser.add_argument("--noise_probability", type=float, default=0.5, help="chance a training clip is noisy (train.py's default)")
-    parser.add_argument("--noisy_copies", type=int, default=2, help="cached noisy versions of each training clip")
-    parser.add_argument("--min_snr_db", type=float, default=5.0)
-    parser.add_argument("--max_snr_db", type=float, default=15.0)
+    parser.add_argument("--noise_probability", type=float, default=0.5, help="train.py --noise_probability of the noise-augmented runs")
+    parser.add_argument("--cache_num_views", type=int, default=4, help="train.py --cache_num_views: cached noisy views per training clip")
     parser.add_argument("--test_snrs", default="15,10,5")
-    parser.add_argument("--test_noise", default="white", choices=NOISE_COLORS)
+    parser.add_argument("--test_noise", default="white", help="evaluate.py --noise: white, pink, brown or a folder of recordings")
+    parser.add_argument("--test_noise_seed", type=int, default=1234, help="evaluate.py --seed")
     args = parser.parse_args(argv)
-    _study.setup(args)
-    started = time.perf_counter()
-    encoder, processor, splits, data = _study.study_data(args)
-
-    noisy_train = [
-        _study.audio_cache(args, encoder, processor, splits["train"], f"noise{copy}-{args.min_snr_db}-{args.max_snr_db}",
-                           random_noise(1000 + copy, args.min_snr_db, args.max_snr_db))
-        for copy in range(args.noisy_copies)
-    ]
-    test_audio = {"clean": data["test"]["audio"]}
-    for snr in (float(s) for s in args.test_snrs.split(",")):
-        test_audio[f"{snr:g} dB"] = _study.audio_cache(args, encoder, processor, splits["test"], f"{args.test_noise}-snr{snr:g}",
-                                                       fixed_noise(args.test_noise, snr))
+    started = _study.setup(args)
+    snrs = [s for s in args.test_snrs.split(",") if s]
+    evaluate_flags = [*_study.test_data_flags(args), "--snr", "clean", *snrs, "--noise", args.test_noise, "--seed", str(args.test_noise_seed)]
 
     runs = []
-    for training, variants, probability in (("clean", [data["train"]["audio"]], 0.0),
-                                            ("noise-augmented", [data["train"]["audio"], *noisy_train], args.noise_probability)):
+    for training, probability in (("clean", 0.0), ("noise-augmented", args.noise_probability)):
         for seed in _study.parse_seeds(args.seeds):
-            run_start = time.perf_counter()
-            model = _study.head_model(encoder, seed)
-            history = _study.train_heads(model, variants, data["train"]["text"], samples_seen=args.samples_seen, batch_size=args.batch_size,
-                                         learning_rate=args.learning_rate, seed=seed, noise_probability=probability)
-            for condition, audio in test_audio.items():
-                metrics = _study.evaluate_cached(model, audio, data["test"]["text"])
-                runs.append({"training": training, "test": condition, "seed": seed, "steps": len(history), "metrics": metrics})
-                _study.logger.info("trained %s seed %d, test %s: t2a mAP@10 %.3f a2t mAP@10 %.3f", training, seed, condition,
+            run_dir = Path(args.output_dir) / "runs" / f"{training}-seed{seed}"
+            run = _study.train_run(args, run_dir, seed, train_flags=[
+                "--noise_probability", str(probability), "--cache_num_views", str(args.cache_num_views), "--evaluate_test", "false"])
+            conditions, command = _study.evaluate_run(args, run_dir, run_dir / "evaluation", evaluate_flags)
+            for condition, metrics in conditions.items():
+                test = condition.removeprefix(f"{Path(args.test_noise).name} ")
+                runs.append({"training": training, "test": test, **run, "metrics": metrics, "evaluate_command": command})
+                _study.logger.info("trained %s seed %d, test %s: t2a mAP@10 %.3f a2t mAP@10 %.3f", training, seed, test,
                                    metrics["t2a_mAP10"], metrics["a2t_mAP10"])
-            _study.logger.info("run took %.0f s", time.perf_counter() - run_start)
     rows = _study.summarise(runs, ("training", "test"))
-    table = _study.markdown_table(rows, ("training", "test"))
-    _study.write_outputs(args, NAME, runs, rows, table, plot(rows, list(test_audio)), started, argv)
+    table = _study.markdown_table(rows, ("training", "test")) + f"\nTest noise: {args.test_noise} (evaluate.py --seed {args.test_noise_seed}).\n"
+    _study.write_outputs(args, NAME, runs, rows, table, plot(rows, ["clean", *[f"{float(s):g} dB" for s in snrs]]), started, argv)
     return rows
 
 

@@ -14,24 +14,26 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import _study  # noqa: E402
 
+from atr import AtrFeatureExtractor, AtrModel  # noqa: E402
+
 TINY = str(ROOT / "tests" / "configs" / "tiny.yaml")
 
 
 @pytest.fixture(scope="module")
 def study_args(tmp_path_factory):
-    """Command-line arguments of a minimal study: a tiny study encoder (trained once, 2 steps), 12 train and 8 test clips."""
+    """Command-line arguments of a minimal study: a tiny study encoder (trained once by train.py, 2 steps), 12 train and 8 test clips."""
     root = tmp_path_factory.mktemp("studies")
     text = root / "tiny-bert"
     torch.manual_seed(0)
     BertModel(tiny_bert_config()).save_pretrained(text)
     tiny_tokenizer().save_pretrained(text)
-    args = ["--encoder", str(root / "encoder"), "--encoder_config", TINY, "--encoder_steps", "2", "--text_backbone", str(text),
-            "--synthetic_sizes", "12,0,8", "--samples_seen", "8", "--seeds", "0", "--cache_dir", str(root / "cache"), "--threads", "1"]
-    _study.ensure_encoder(_study.study_parser("", "x").parse_args(args))
+    args = ["--config", TINY, "--encoder", str(root / "encoder"), "--encoder_steps", "2", "--text_backbone", str(text),
+            "--synthetic_sizes", "12,0,8", "--samples_seen", "8", "--batch_size", "4", "--seeds", "0",
+            "--encoder_cache_dir", str(root / "cache"), "--threads", "1"]
     return args, root
 
 
-def run_study(module_name, study_args, extra):
+def run_study(module_name, study_args, extra=()):
     """Run one study's main() and return (summary rows, results.json, output dir)."""
     args, root = study_args
     module = __import__(module_name)
@@ -43,6 +45,11 @@ def run_study(module_name, study_args, extra):
     for row in rows:
         for key in _study.METRIC_KEYS:
             assert 0.0 <= row[key] <= 1.0
+    # every run is train.py on frozen encoders with the encoder-output cache
+    for run in results["runs"]:
+        assert run["command"][0] == "train.py" and "--cache_encoder_outputs" in run["command"]
+        head = json.loads(run["command"][run["command"].index("--model_config") + 1])
+        assert head["freeze_audio_encoder"] and head["freeze_text_encoder"]
     return rows, results, output_dir
 
 
@@ -51,53 +58,59 @@ def test_batch_size_study_runs_both_losses_at_each_batch_size(study_args):
     assert {(r["loss"], r["batch_size"]) for r in rows} == {(l, b) for l in ("hybrid", "contrastive only") for b in (4, 8)}
     # the same samples seen at every batch size
     assert {(r["batch_size"], r["steps"]) for r in results["runs"]} == {(4, 2), (8, 1)}
+    contrastive = [json.loads(r["command"][r["command"].index("--model_config") + 1]) for r in results["runs"] if r["loss"] == "contrastive only"]
+    assert all(h["lambda_cosine"] == 0 and h["lambda_l1"] == 0 and h["lambda_contrastive"] == 1 for h in contrastive)
 
 
 def test_ablation_study_runs_every_variant(study_args):
-    rows, results, _ = run_study("study_ablation", study_args, ["--batch_size", "4"])
+    rows, results, _ = run_study("study_ablation", study_args)
     assert [r["variant"] for r in rows] == list(__import__("study_ablation").VARIANTS)
     assert all(run["steps"] == 2 for run in results["runs"])
 
 
 def test_noise_study_trains_with_and_without_noise_and_tests_every_condition(study_args):
-    rows, _, _ = run_study("study_noise", study_args, ["--batch_size", "4", "--noisy_copies", "1", "--test_snrs", "10,5"])
+    rows, results, _ = run_study("study_noise", study_args, ["--cache_num_views", "1", "--test_snrs", "10,5"])
     assert {(r["training"], r["test"]) for r in rows} == {(t, c) for t in ("clean", "noise-augmented") for c in ("clean", "10 dB", "5 dB")}
-
-
-def test_noise_study_test_noise_is_at_the_exact_snr():
-    noise = __import__("study_noise")
-    wave = np.sin(np.linspace(0, 200, 16000)).astype(np.float32)
-    noisy = noise.fixed_noise("white", 5.0)(wave, 3)
-    snr = 10 * np.log10(np.mean(wave.astype(np.float64) ** 2) / np.mean((noisy - wave).astype(np.float64) ** 2))
-    assert snr == pytest.approx(5.0, abs=0.01)
-    assert np.array_equal(noisy, noise.fixed_noise("white", 5.0)(wave, 3))  # seeded per clip
-
-
-def test_cached_heads_give_the_same_embeddings_as_the_full_model(study_args):
-    """The cache path is exact: heads over cached encoder outputs embed like the model run on the features."""
-    args, root = study_args
-    model, processor = _study.ensure_encoder(_study.study_parser("", "x").parse_args(args))
-    rng = np.random.default_rng(0)
-    waves = [rng.standard_normal(int(16000 * s)).astype(np.float32) * 0.1 for s in (3.0, 7.5)]
-    captions = [["a dog barks", "rain"], ["a siren"]]
-    heads = _study.head_model(model, seed=0)
-    heads.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(("audio_model.", "text_model."))}, strict=False)
-    audio = _study.encode_audio(model, processor, waves)
-    text = _study.encode_text(model, processor, captions)
-    audio_embeds, text_embeds = _study.embed_cached(heads, {**audio, "tokens": audio["tokens"].float()}, {**text, "tokens": text["tokens"].float()})
-    inputs = processor(audio=waves, text=[c for clip in captions for c in clip], sampling_rate=16000, return_tensors="pt")
-    with torch.no_grad():
-        expected_audio = model.get_audio_features(input_features=inputs["input_features"], chunk_mask=inputs["chunk_mask"]).pooler_output
-        expected_text = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).pooler_output
-    # the cache stores float16 tokens: equal to fp16 precision
-    torch.testing.assert_close(audio_embeds, expected_audio, atol=5e-3, rtol=0)
-    torch.testing.assert_close(text_embeds, expected_text, atol=5e-3, rtol=0)
+    probability = {r["training"]: r["command"][r["command"].index("--noise_probability") + 1] for r in results["runs"]}
+    assert probability == {"clean": "0.0", "noise-augmented": "0.5"}
+    assert all(r["evaluate_command"][0] == "evaluate.py" and "5" in r["evaluate_command"] for r in results["runs"])
 
 
 def test_long_form_study_compares_chunking_with_a_single_crop(study_args):
-    rows, _, output_dir = run_study("study_long_form", study_args, ["--batch_size", "4", "--min_long_s", "12", "--max_long_s", "15"])
-    assert [r["input"] for r in rows] == ["all chunks + attention pooling", "all chunks + mean pooling", "first 10 s only", "random 10 s only"]
+    rows, results, output_dir = run_study("study_long_form", study_args, ["--min_long_s", "12", "--max_long_s", "15"])
+    assert [r["input"] for r in rows] == ["all chunks + attention pooling", "first 10 s only", "random 10 s only"]
     assert "overlaps the first 10 s" in (output_dir / "results.md").read_text()
+    # the evaluated clips are the long ones and their 10 s crops
+    rate = AtrFeatureExtractor.from_pretrained(results["runs"][0]["model_dir"]).sampling_rate
+    import soundfile as sf
+
+    lengths = {folder: sf.info(output_dir / "data" / folder / "test" / "clip00000.flac").frames / rate for folder in ("full", "first", "random")}
+    assert 12 <= lengths["full"] <= 15 and lengths["first"] == lengths["random"] == 10
+
+
+def test_head_runs_train_fresh_heads_on_the_frozen_study_encoder(study_args):
+    """A head run's audio encoder and features are the study encoder's; its heads use the paper's method."""
+    args, root = study_args
+    parsed = _study.study_parser("", "x").parse_args(args + ["--output_dir", str(root / "heads")])
+    _study.setup(parsed)
+    run = _study.train_run(parsed, root / "heads" / "run", seed=0)
+    encoder, heads = AtrModel.from_pretrained(parsed.encoder), AtrModel.from_pretrained(run["model_dir"])
+    assert encoder.config.lambda_cosine == 0.0 and not encoder.config.cross_modal_attention  # the study encoder's recipe
+    assert (heads.config.lambda_cosine, heads.config.lambda_l1, heads.config.lambda_contrastive) == (1.0, 1.0, 1.0)
+    assert heads.config.cross_modal_attention and heads.config.freeze_audio_encoder and heads.config.freeze_text_encoder
+    for name, value in encoder.audio_model.state_dict().items():
+        torch.testing.assert_close(heads.audio_model.state_dict()[name], value, rtol=0, atol=0, msg=name)
+    for name, value in encoder.text_model.state_dict().items():
+        torch.testing.assert_close(heads.text_model.state_dict()[name], value, rtol=0, atol=0, msg=name)
+    assert AtrFeatureExtractor.from_pretrained(run["model_dir"]).to_dict() == AtrFeatureExtractor.from_pretrained(parsed.encoder).to_dict()
+    assert run["steps"] == 2 and set(run["metrics"]) == set(_study.METRIC_KEYS)
+
+
+def test_study_refuses_to_replace_earlier_results(tmp_path):
+    (tmp_path / "results.json").write_text("{}")
+    parsed = _study.study_parser("", "x").parse_args(["--output_dir", str(tmp_path)])
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        _study.setup(parsed)
 
 
 def test_long_form_clip_holds_the_scene_where_the_layout_says():
@@ -120,13 +133,3 @@ def test_crop_keeps_one_window():
     assert np.array_equal(first, wave[: 160000])
     random = long_form.crop(10, 16000, "random")(wave, 5)
     assert random.size == 160000 and np.array_equal(random, wave[int(random[0]) : int(random[0]) + 160000])
-
-
-def test_heads_use_the_papers_method_whatever_the_encoder_was_trained_with(study_args):
-    args, _ = study_args
-    encoder, _ = _study.ensure_encoder(_study.study_parser("", "x").parse_args(args))
-    assert encoder.config.lambda_cosine == 0.0 and not encoder.config.cross_modal_attention  # the study encoder's recipe
-    heads = _study.head_model(encoder, seed=0)
-    assert (heads.config.lambda_cosine, heads.config.lambda_l1, heads.config.lambda_contrastive) == (1.0, 1.0, 1.0)
-    assert heads.config.cross_modal_attention and hasattr(heads, "audio_to_text")
-    assert not _study.head_model(encoder, seed=0, cross_modal_attention=False).config.cross_modal_attention
