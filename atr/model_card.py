@@ -9,6 +9,13 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 RETRIEVAL_TASK = "audio-text-retrieval"
 ZERO_SHOT_TASK = "zero-shot-audio-classification"
+# The Hub has no zero-shot-audio-classification pipeline tag (huggingface.js packages/tasks/src/pipelines.ts); CLAP
+# models show as feature-extraction with the task as a tag.
+PIPELINE_TAG = "feature-extraction"
+WIDGET_FILE = "widget_example.flac"
+WIDGET_TEMPLATE = "This is a sound of {}."  # the zero-shot-audio-classification pipeline's default hypothesis
+WIDGET_EVENTS = ("dog_bark", "siren", "rain", "bell")  # synthetic events: the example clip is licence-free
+METRIC_DECIMALS = 4
 # Scalar metrics of atr.metrics that go into the model-index (anything else in a results dict is ignored).
 METRIC_KEY = re.compile(r"^(t2a_|a2t_|first_label_)?(R\d+|recall\d+|mAP\d+|MRR\d+|mean_rank|median_rank|accuracy)$")
 TABLE_COLUMNS = {
@@ -172,7 +179,7 @@ def eval_results_from(results, dataset: str | None = None, split: str | None = N
                     dataset_name=record["dataset"],
                     dataset_split=record.get("split"),
                     metric_type=key,
-                    metric_value=float(value),
+                    metric_value=round(float(value), METRIC_DECIMALS),
                     metric_name=f"{key} ({condition})",
                     # The noise condition is a setting of the evaluation, not of the dataset: keep it per metric.
                     metric_config=condition,
@@ -268,12 +275,40 @@ def _limitations(dataset: str | None) -> str:
     return "\n".join(lines)
 
 
-def _card_data(config, dataset, license, model_name, eval_results) -> ModelCardData:
+def widget_example(model, processor, folder: str | os.PathLike, repo_id: str) -> list[dict]:
+    """Write a synthetic example clip into `folder` and return the card's `widget:` with the model's real output on it."""
+    import torch
+
+    from .data import decode_audio
+    from .synthetic import EVENT_TYPES, make_synthetic_split
+
+    names = {event.name: event.noun_phrases[0] for event in EVENT_TYPES}
+    rate = processor.feature_extractor.sampling_rate  # the file is at the model's rate: the pipeline needs no resampling
+    clips = make_synthetic_split("test", 16, seed=0, sampling_rate=rate, keep_in_memory=True)
+    clip = next(row for row in clips if len(row["events"]) == 1 and row["events"][0]["label"] in WIDGET_EVENTS)
+    Path(folder, WIDGET_FILE).write_bytes(clip["audio"]["bytes"])
+    labels = [names[event] for event in WIDGET_EVENTS]
+    inputs = processor(audio=[decode_audio(clip["audio"], rate)], text=[WIDGET_TEMPLATE.format(label) for label in labels],
+                       sampling_rate=rate, return_tensors="pt")
+    was_training = model.training
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        logits = model.eval()(**{k: v.to(device) for k, v in inputs.items()}).logits_per_audio[0]
+    model.train(was_training)
+    scores = logits.float().softmax(dim=0).tolist()  # what the pipeline returns: a softmax over the candidate labels
+    output = sorted(({"label": label, "score": round(score, METRIC_DECIMALS)} for label, score in zip(labels, scores)),
+                    key=lambda item: -item["score"])
+    return [{"src": f"https://huggingface.co/{repo_id}/resolve/main/{WIDGET_FILE}", "candidate_labels": ", ".join(labels),
+             "example_title": f"Synthetic scene: {names[clip['events'][0]['label']]}", "output": output}]
+
+
+def _card_data(config, dataset, license, model_name, eval_results, widget=None) -> ModelCardData:
     base_models = [m for m in (_hub_id(getattr(config, "audio_backbone_id", None)), _hub_id(getattr(config, "text_backbone_id", None))) if m]
     return ModelCardData(
         library_name="transformers",
-        pipeline_tag=ZERO_SHOT_TASK,
-        tags=["audio", "audio-text-retrieval", "custom_code", "atr"],
+        pipeline_tag=PIPELINE_TAG,
+        tags=["audio", RETRIEVAL_TASK, ZERO_SHOT_TASK, "custom_code", "atr"],
+        widget=widget,
         license=license,
         base_model=base_models or None,
         datasets=[dataset] if _is_hub_dataset(dataset) else None,
@@ -293,13 +328,14 @@ def build_model_card(
     repo_id: str | None = None,
     model_name: str | None = None,
     license: str = "apache-2.0",
+    widget: list | None = None,
 ) -> ModelCard:
     """The model card of a model with `config` (an AtrConfig), its training arguments and evaluation results."""
     repo_id = repo_id or (training_args or {}).get("hub_model_id") or PLACEHOLDER_REPO
-    model_name = model_name or repo_id.split("/")[-1]
+    model_name = model_name or default_model_name(repo_id, dataset)
     eval_results = eval_results_from(results, dataset, split)
     return ModelCard.from_template(
-        _card_data(config, dataset, license, model_name, eval_results),
+        _card_data(config, dataset, license, model_name, eval_results, widget),
         template_str=TEMPLATE,
         model_name=model_name,
         projection_dim=config.projection_dim,
@@ -313,11 +349,22 @@ def build_model_card(
     )
 
 
-def write_model_card(output_dir: str | os.PathLike, config, training_args: Mapping | None = None, results=None, **kwargs) -> Path:
-    """Write `build_model_card(...)` to `output_dir/README.md` and return its path."""
+def default_model_name(repo_id: str | None, dataset: str | None) -> str:
+    """The model's name: the repo's (`--hub_model_id`), else `atr-<dataset>`; never the output folder's."""
+    if repo_id and repo_id != PLACEHOLDER_REPO:
+        return repo_id.split("/")[-1]
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", Path(str(dataset or "model").rstrip("/")).name.lower()).strip("-")
+    return f"atr-{slug or 'model'}"
+
+
+def write_model_card(output_dir: str | os.PathLike, config, training_args: Mapping | None = None, results=None, *,
+                     model=None, processor=None, **kwargs) -> Path:
+    """Write `build_model_card(...)` to `output_dir/README.md` (with a widget example when `model`/`processor` are given)."""
     path = Path(output_dir) / "README.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    kwargs.setdefault("model_name", Path(output_dir).resolve().name)
+    if model is not None and processor is not None:
+        repo_id = kwargs.get("repo_id") or (training_args or {}).get("hub_model_id") or PLACEHOLDER_REPO
+        kwargs["widget"] = widget_example(model, processor, output_dir, repo_id)
     build_model_card(config, training_args, results, **kwargs).save(path)
     return path
 
@@ -335,7 +382,7 @@ def update_model_card(readme: str | os.PathLike, results, *, dataset: str | None
     replaced = {identity(r) for r in new}
     merged = [r for r in card.data.eval_results or [] if identity(r) not in replaced] + new
     card.data.eval_results = merged or None
-    card.data.model_name = card.data.model_name or path.resolve().parent.name
+    card.data.model_name = card.data.model_name or default_model_name(None, None)
     table = f"{TABLE_START}\n{eval_tables(merged)}\n{TABLE_END}"
     if TABLE_START in card.text and TABLE_END in card.text:
         before, rest = card.text.split(TABLE_START, 1)
@@ -346,4 +393,4 @@ def update_model_card(readme: str | os.PathLike, results, *, dataset: str | None
     return card
 
 
-__all__ = ["build_model_card", "eval_results_from", "eval_tables", "update_model_card", "write_model_card"]
+__all__ = ["build_model_card", "default_model_name", "eval_results_from", "eval_tables", "update_model_card", "widget_example", "write_model_card"]

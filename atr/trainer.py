@@ -107,4 +107,6 @@ class AtrTrainer(Trainer):
         from .model_card import write_model_card
 
         if self.is_world_process_zero():
-            write_model_card(self.args.output_dir, self.accelerator.unwrap_model(self.model).config, training_args=self.args.to_dict(), **self.card_kwargs)
+            model = self.accelerator.unwrap_model(self.model)
+            write_model_card(self.args.output_dir, model.config, training_args=self.args.to_dict(), model=model,
+                             processor=self.processing_class, **self.card_kwargs)

@@ -50,11 +50,12 @@ def test_metadata_and_model_index_read_back(tmp_path, config):
     card = ModelCard.load(path)
     data = card.data
     assert data.library_name == "transformers"
-    assert data.pipeline_tag == "zero-shot-audio-classification"
-    assert {"audio", "audio-text-retrieval", "custom_code"} <= set(data.tags)
+    # a Hub pipeline tag (huggingface.js packages/tasks/src/pipelines.ts has no zero-shot-audio-classification)
+    assert data.pipeline_tag == "feature-extraction"
+    assert {"audio", "audio-text-retrieval", "zero-shot-audio-classification", "custom_code"} <= set(data.tags)
     assert data.base_model == ["laion/clap-htsat-unfused", "sentence-transformers/all-MiniLM-L6-v2"]
     assert data.license == "apache-2.0"
-    assert data.model_name == "atr-tiny"
+    assert data.model_name == "atr-synthetic"  # named after the data without a repo id, never the output folder
     assert read_back(path) == expected_values(RESULTS)
     tasks = {(r.dataset_name, r.task_type) for r in data.eval_results}
     assert tasks == {("clotho", "audio-text-retrieval"), ("fsd50k", "zero-shot-audio-classification")}
@@ -74,6 +75,7 @@ def test_trainer_flat_results_and_absent_backbone_ids(tmp_path):
     card = ModelCard.load(path)
     assert card.data.base_model is None
     assert card.data.datasets == ["someone/clotho"]
+    assert card.data.model_name == "atr-clotho"  # from --hub_model_id, not the output folder
     assert read_back(path) == {("someone/clotho", "test", "clean", "t2a_R1"): 0.5,
                                ("someone/clotho", "test", "clean", "a2t_mAP10"): 0.25}
     assert 'repo = "me/atr-clotho"' in card.text
@@ -126,3 +128,35 @@ def test_usage_code_runs_as_written_against_a_tiny_saved_model(tmp_path, config)
     assert [line.split(" -> ")[0] for line in lines[:3]] == ["'a dog barks twice'", "'rain falls on a roof'", "'a siren passes by'"]
     assert all(line.split(" -> ")[1] in ("dog.wav", "rain.wav", "siren.wav") for line in lines[:3])
     assert "'label': " in lines[3] and "'score': " in lines[3]
+
+
+def test_values_are_rounded_and_the_widget_output_is_the_models_own(tmp_path, config):
+    from transformers import pipeline
+
+    model_dir = tmp_path / "out"
+    model = AtrModel(config).eval()
+    processor = AtrProcessor(AtrFeatureExtractor.from_audio_config(config.audio_config), tiny_tokenizer())
+    model.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    results = {"t2a_R1": 0.054000000000000006, "t2a_mAP10": 1 / 3}
+    path = write_model_card(model_dir, config, {"hub_model_id": "me/atr-clotho"}, results, dataset="someone/clotho",
+                            split="test", model=model, processor=processor)
+    text = path.read_text()
+    assert "0.054000000000000006" not in text and "0.3333333" not in text
+    card = ModelCard.load(path)
+    assert read_back(path) == {("someone/clotho", "test", "clean", "t2a_R1"): 0.054,
+                               ("someone/clotho", "test", "clean", "t2a_mAP10"): 0.3333}
+    assert card.data.model_name == "atr-clotho"
+    (example,) = card.data.widget
+    assert example["src"] == "https://huggingface.co/me/atr-clotho/resolve/main/widget_example.flac"
+    audio_file = model_dir / "widget_example.flac"
+    assert audio_file.is_file()
+    labels = [label.strip() for label in example["candidate_labels"].split(",")]
+    assert len(labels) == 4 and {item["label"] for item in example["output"]} == set(labels)
+    # The output is what the transformers pipeline computes for the shipped file with the saved model.
+    classifier = pipeline("zero-shot-audio-classification", model=str(model_dir), trust_remote_code=True)
+    wave, rate = sf.read(audio_file, dtype="float32")
+    assert rate == processor.feature_extractor.sampling_rate
+    expected = {item["label"]: item["score"] for item in classifier(wave, candidate_labels=labels)}
+    for item in example["output"]:
+        assert abs(item["score"] - expected[item["label"]]) < 1e-3, (example["output"], expected)
