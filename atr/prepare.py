@@ -1,5 +1,7 @@
 """Download public datasets that have no loadable Hub copy and lay them out as audiofolders: `python -m atr.prepare clotho OUT_DIR`.
 
+`fsd50k` writes FSD50K's evaluation set as `test/` (`file_name`, `labels`) for zero-shot evaluation.
+
 The result is what `atr.data.load_audio_text_dataset(OUT_DIR, split)` reads: `train/`, `validation/` and `test/`, each
 with the audio files and a `metadata.csv` (`file_name`, `caption_1` ... `caption_5`). Downloads go to
 `OUT_DIR/.downloads/`, resume where an interrupted run stopped, and are checked against the publisher's MD5 sums;
@@ -37,6 +39,9 @@ CLOTHO_MD5 = {
     "clotho_captions_evaluation.csv": "1b16b9e57cf7bdb7f13a13802aeb57e2",
 }
 CLOTHO_SPLITS = {"train": "development", "validation": "validation", "test": "evaluation"}
+# FSD50K's evaluation set from its Hub copy (raw WAVs + the official labels/eval.csv: fname, labels, mids).
+FSD50K_REPO = "Fhrozen/FSD50k"
+FSD50K_FILES = ["clips/eval/*.wav", "labels/eval.csv"]
 CLOTHO_CAPTIONS = tuple(f"caption_{i}" for i in range(1, 6))
 # 7z of 16-bit WAV saves little: the extracted audio is taken as 1.5x the archives until the exact size is known.
 EXTRACT_RATIO = 1.5
@@ -68,7 +73,6 @@ def clotho_recipe(url_template: str = CLOTHO_URL, checksums: dict | None = None)
     return Recipe("clotho", files, splits)
 
 
-RECIPES = {"clotho": clotho_recipe}
 
 
 def _md5(path: Path) -> str:
@@ -192,42 +196,82 @@ def _write_split(recipe: Recipe, split: str, downloads: Path, out: Path) -> int:
     return len(rows)
 
 
+def _start(out_dir, name: str) -> Path:
+    """The output folder with its downloads folder; refuses a finished folder or a non-empty one atr.prepare did not start."""
+    out = Path(out_dir)
+    if (out / FINISHED).exists():
+        raise FileExistsError(f"{out} already holds a prepared {name} ({out / FINISHED}): use it as it is, or "
+                              "delete the folder to prepare it again")
+    if out.is_dir() and any(out.iterdir()) and not (out / DOWNLOADS).is_dir():
+        raise FileExistsError(f"{out} is not empty and was not started by atr.prepare: choose an empty or new OUT_DIR")
+    (out / DOWNLOADS).mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _finish(out: Path, name: str, counts: dict, keep_downloads: bool, **provenance) -> Path:
+    if not keep_downloads:
+        shutil.rmtree(out / DOWNLOADS)
+    (out / FINISHED).write_text(json.dumps({"dataset": name, "clips": counts, **provenance}, indent=2) + "\n")
+    logger.info("prepared %s in %s: %s", name, out, counts)
+    return out
+
+
 def prepare(recipe: Recipe, out_dir: str | os.PathLike, keep_downloads: bool = False) -> Path:
     """Download, verify, extract and lay out `recipe` in `out_dir`; refuses a finished or foreign non-empty folder."""
-    out = Path(out_dir)
+    out = _start(out_dir, recipe.name)
     downloads = out / DOWNLOADS
-    if (out / FINISHED).exists():
-        raise FileExistsError(f"{out} already holds a prepared {recipe.name} ({out / FINISHED}): use it as it is, or "
-                              "delete the folder to prepare it again")
-    if out.is_dir() and any(out.iterdir()) and not downloads.is_dir():
-        raise FileExistsError(f"{out} is not empty and was not started by atr.prepare: choose an empty or new OUT_DIR")
-    downloads.mkdir(parents=True, exist_ok=True)
     to_download, extracted = disk_needed(recipe, downloads)
     logger.info("%s needs about %.1f GB on %s: %.1f GB still to download, about %.1f GB of extracted audio",
                 recipe.name, (to_download + extracted) / 1e9, out, to_download / 1e9, extracted / 1e9)
     _check_free(out, to_download + extracted, f"preparing {recipe.name}")
-    checksums = {}
     for remote in recipe.files:
         download(remote, downloads)
-        checksums[remote.name] = remote.md5
     counts = {split: _write_split(recipe, split, downloads, out) for split in recipe.splits}
-    if not keep_downloads:
-        shutil.rmtree(downloads)
-    (out / FINISHED).write_text(json.dumps({"dataset": recipe.name, "clips": counts, "md5": checksums,
-                                            "sources": [r.url for r in recipe.files]}, indent=2) + "\n")
-    logger.info("prepared %s in %s: %s", recipe.name, out, counts)
-    return out
+    return _finish(out, recipe.name, counts, keep_downloads, md5={r.name: r.md5 for r in recipe.files},
+                   sources=[r.url for r in recipe.files])
+
+
+def prepare_fsd50k(out_dir: str | os.PathLike, keep_downloads: bool = False, repo_id: str = FSD50K_REPO) -> Path:
+    """FSD50K's evaluation set (multi-label, 200 classes) as `out_dir/test/` with `file_name` and `labels` ("A,B")."""
+    from huggingface_hub import snapshot_download
+
+    out = _start(out_dir, "fsd50k")
+    downloads = out / DOWNLOADS
+    # huggingface_hub resumes interrupted files and checks each against the Hub's hash
+    fetch = dict(repo_id=repo_id, repo_type="dataset", allow_patterns=FSD50K_FILES, local_dir=downloads)
+    needed = sum(f.file_size or 0 for f in snapshot_download(**fetch, dry_run=True) if f.will_download)
+    logger.info("fsd50k needs about %.1f GB on %s (downloaded clips are moved, not copied)", needed / 1e9, out)
+    _check_free(out, needed, "preparing fsd50k")
+    snapshot_download(**fetch)
+    with open(downloads / "labels" / "eval.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    split_dir = out / "test"
+    split_dir.mkdir(exist_ok=True)
+    for index, row in enumerate(rows):
+        name, source = f"{row['fname']}.wav", downloads / "clips" / "eval" / f"{row['fname']}.wav"
+        if not source.is_file() and not (split_dir / name).is_file():
+            raise ValueError(f"labels/eval.csv row {index} names clip {row['fname']}, which {repo_id} did not provide")
+        if source.is_file():
+            source.replace(split_dir / name)
+    with open(split_dir / "metadata.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file_name", "labels"])
+        writer.writerows([f"{row['fname']}.wav", row["labels"]] for row in rows)
+    return _finish(out, "fsd50k", {"test": len(rows)}, keep_downloads, source=f"https://huggingface.co/datasets/{repo_id}")
 
 
 def main(argv=None):
-    """The command line: `python -m atr.prepare clotho OUT_DIR [--keep_downloads]`."""
+    """The command line: `python -m atr.prepare {clotho,fsd50k} OUT_DIR [--keep_downloads]`."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", choices=sorted(RECIPES))
+    parser.add_argument("dataset", choices=["clotho", "fsd50k"])
     parser.add_argument("out_dir", help="Folder to write (new or empty; an interrupted run's folder resumes).")
     parser.add_argument("--keep_downloads", action="store_true", help="Keep the archives in OUT_DIR/.downloads.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    prepare(RECIPES[args.dataset](), args.out_dir, keep_downloads=args.keep_downloads)
+    if args.dataset == "fsd50k":
+        prepare_fsd50k(args.out_dir, keep_downloads=args.keep_downloads)
+    else:
+        prepare(clotho_recipe(), args.out_dir, keep_downloads=args.keep_downloads)
 
 
 if __name__ == "__main__":
