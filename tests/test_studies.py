@@ -33,6 +33,11 @@ def study_args(tmp_path_factory):
     return args, root
 
 
+def flag(command, name):
+    """The value a command line gives a flag (its last occurrence wins, as in argparse)."""
+    return command[len(command) - 1 - command[::-1].index(name) + 1]
+
+
 def run_study(module_name, study_args, extra=()):
     """Run one study's main() and return (summary rows, results.json, output dir)."""
     args, root = study_args
@@ -48,7 +53,7 @@ def run_study(module_name, study_args, extra=()):
     # every run is train.py on frozen encoders with the encoder-output cache
     for run in results["runs"]:
         assert run["command"][0] == "train.py" and "--cache_encoder_outputs" in run["command"]
-        head = json.loads(run["command"][run["command"].index("--model_config") + 1])
+        head = json.loads(flag(run["command"], "--model_config"))
         assert head["freeze_audio_encoder"] and head["freeze_text_encoder"]
     return rows, results, output_dir
 
@@ -58,7 +63,7 @@ def test_batch_size_study_runs_both_losses_at_each_batch_size(study_args):
     assert {(r["loss"], r["batch_size"]) for r in rows} == {(l, b) for l in ("hybrid", "contrastive only") for b in (4, 8)}
     # the same samples seen at every batch size
     assert {(r["batch_size"], r["steps"]) for r in results["runs"]} == {(4, 2), (8, 1)}
-    contrastive = [json.loads(r["command"][r["command"].index("--model_config") + 1]) for r in results["runs"] if r["loss"] == "contrastive only"]
+    contrastive = [json.loads(flag(r["command"], "--model_config")) for r in results["runs"] if r["loss"] == "contrastive only"]
     assert all(h["lambda_cosine"] == 0 and h["lambda_l1"] == 0 and h["lambda_contrastive"] == 1 for h in contrastive)
 
 
@@ -71,7 +76,7 @@ def test_ablation_study_runs_every_variant(study_args):
 def test_noise_study_trains_with_and_without_noise_and_tests_every_condition(study_args):
     rows, results, _ = run_study("study_noise", study_args, ["--cache_num_views", "1", "--test_snrs", "10,5"])
     assert {(r["training"], r["test"]) for r in rows} == {(t, c) for t in ("clean", "noise-augmented") for c in ("clean", "10 dB", "5 dB")}
-    probability = {r["training"]: r["command"][r["command"].index("--noise_probability") + 1] for r in results["runs"]}
+    probability = {r["training"]: flag(r["command"], "--noise_probability") for r in results["runs"]}
     assert probability == {"clean": "0.0", "noise-augmented": "0.5"}
     assert all(r["evaluate_command"][0] == "evaluate.py" and "5" in r["evaluate_command"] for r in results["runs"])
 
