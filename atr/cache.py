@@ -23,6 +23,7 @@ from datasets import Array2D, Array3D, Dataset, Features, IterableDataset, Value
 from datasets.arrow_writer import ArrowWriter
 
 from .data import AtrCollator, decode_audio
+from .embedding import module_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -36,19 +37,6 @@ def default_cache_root() -> Path:
     import datasets.config
 
     return Path(datasets.config.HF_DATASETS_CACHE).parent / "atr_encoder_outputs"
-
-
-def module_fingerprint(module: torch.nn.Module) -> str:
-    """SHA-256 of a module's config (when it has one) and every parameter and buffer: names, dtypes, shapes and bytes."""
-    digest = hashlib.sha256()
-    config = getattr(module, "config", None)
-    if config is not None:
-        digest.update(config.to_json_string(use_diff=False).encode())
-    for name, tensor in module.state_dict().items():
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

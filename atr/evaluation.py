@@ -21,10 +21,10 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .data import AtrCollator, NOISE_COLORS, decode_audio, load_noise_files, mix_at_snr
+from .embedding import embed_dataset, embed_texts
 from .feature_extraction_atr import AtrFeatureExtractor
 from .metrics import DEFAULT_PROMPT_TEMPLATE, audio_text_retrieval_metrics, class_prompts, zero_shot_classification_metrics
 from .modeling_atr import AtrModel
-from .trainer import embed_audio_text
 
 CLEAN = "clean"
 DIRECTIONS = ("t2a", "a2t")
@@ -228,7 +228,8 @@ def _embed(model, processor, dataset, snr_db, noise, seed, batch_size, progress,
     collator = AtrCollator(processor, training=False)
     if snr_db is not None:
         collator = NoisyEvalCollator(collator, noise, snr_db, seed)
-    return embed_audio_text(model, collator, dataset, batch_size=batch_size, progress=progress, description=description)
+    embedded = embed_dataset(model, collator, dataset, batch_size=batch_size, progress=progress, description=description)
+    return embedded.audio, embedded.text, embedded.caption_to_audio
 
 
 def _kept_per_query(per_query: dict) -> dict:
@@ -286,22 +287,11 @@ def class_names_and_labels(dataset, label_column: str, class_names: Sequence[str
     return list(class_names), labels
 
 
-@torch.no_grad()
-def _embed_texts(model, processor, texts, batch_size):
-    device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(texts), batch_size):
-        inputs = processor(text=texts[start : start + batch_size], return_tensors="pt")
-        inputs = {k: v.to(device) for k, v in inputs.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        out.append(model.get_text_features(**inputs).pooler_output.float().cpu())
-    return torch.cat(out)
-
-
 def evaluate_zero_shot(model, processor, dataset, conditions, *, label_column, class_names=None, separator=None,
                        prompt_template=DEFAULT_PROMPT_TEMPLATE, noise="white", seed=0, batch_size=16, progress=True) -> tuple[list[dict], list[str]]:
     """Records per condition for zero-shot classification (clips rank one prompt per class), and the class names used."""
     class_names, labels = class_names_and_labels(dataset, label_column, class_names, separator)
-    prompt_embeds = _embed_texts(model, processor, class_prompts(class_names, prompt_template), batch_size)
+    prompt_embeds = embed_texts(model, processor, class_prompts(class_names, prompt_template), batch_size)
     dataset = dataset.add_column("eval_index", list(range(len(dataset))))
     noise_source = load_noise(noise, processor.feature_extractor.sampling_rate)
     records = []

@@ -22,6 +22,7 @@ from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
 from .data import decode_audio
+from .embedding import embed_clips, embed_texts, module_fingerprint
 
 # Extensions libsndfile decodes; anything else in a folder is skipped.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au", ".opus")
@@ -158,18 +159,13 @@ class SearchResult:
 
 def model_fingerprint(model, processor):
     """Hash of the model's weights and the feature extractor's settings: embeddings are comparable iff it matches."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tensor.dtype).encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     settings = {
         key: value
         for key, value in processor.feature_extractor.to_dict().items()
         if key not in ("auto_map", "processor_class") and not key.startswith("_")
     }
-    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    return digest.hexdigest()
+    parts = [module_fingerprint(model), json.dumps(settings, sort_keys=True, default=str)]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 def _audio_items(audio, audio_column=None):
@@ -195,22 +191,12 @@ def _audio_items(audio, audio_column=None):
     raise TypeError(f"audio is a {type(audio).__name__}: pass a folder, a list of file paths or a datasets.Dataset")
 
 
-def _model_inputs(batch, device, dtype):
-    """Move a processor output to the model's device, floats to its dtype (masks stay integer)."""
-    return {
-        key: value.to(device, dtype) if value.is_floating_point() else value.to(device)
-        for key, value in batch.items()
-        if isinstance(value, torch.Tensor)
-    }
-
-
-def _best_chunk_spans(chunk_weights, inputs):
-    """(B, 2) start/end seconds of each recording's highest-weighted chunk; NaN when the model or processor gives none."""
-    bounds = inputs.get("chunk_boundaries")  # (B, C, 2) seconds in the original recording, from AtrFeatureExtractor
-    if chunk_weights is None or bounds is None:
-        return np.full((len(inputs["input_features"]), 2), np.nan, np.float32)
-    best = chunk_weights.float().argmax(dim=1).cpu()
-    return torch.as_tensor(bounds)[torch.arange(len(best)), best].float().numpy()
+def _best_chunk_spans(embedded):
+    """(N, 2) start/end seconds of each recording's highest-weighted chunk; NaN when the model or processor gives none."""
+    if embedded.chunk_weights is None or embedded.chunk_boundaries is None:
+        return np.full((len(embedded.embeds), 2), np.nan, np.float32)
+    spans = [bounds[int(weights.argmax())] for weights, bounds in zip(embedded.chunk_weights, embedded.chunk_boundaries)]
+    return np.asarray(spans, dtype=np.float32).reshape(-1, 2)
 
 
 class AudioIndex:
@@ -260,26 +246,19 @@ class AudioIndex:
         _atomic_write(out_dir / MANIFEST, json.dumps(manifest).encode())
 
         rate = processor.feature_extractor.sampling_rate
-        model.eval()
-        device, dtype = model.device, model.dtype
         shard_rows = [range(s, min(len(items), s + shard_size)) for s in range(0, len(items), shard_size)]
         todo = [s for s in range(len(shard_rows)) if not cls._shard_path(out_dir, s).exists()]
         done_items = len(items) - sum(len(shard_rows[s]) for s in todo)
         with tqdm(total=len(items), initial=done_items, desc="embedding audio", unit="file", disable=not progress) as bar:
             for shard in todo:
-                rows = shard_rows[shard]
-                embeds, spans = [], []
-                for start in range(rows.start, rows.stop, batch_size):
-                    batch_rows = range(start, min(rows.stop, start + batch_size))
-                    waves = [decode_audio(open_item(i), rate) for i in batch_rows]
-                    inputs = processor(audio=waves, sampling_rate=rate, return_tensors="pt")
-                    audio_inputs = {key: inputs[key] for key in ("input_features", "chunk_mask") if key in inputs}
-                    with torch.inference_mode():
-                        out = model.get_audio_features(**_model_inputs(audio_inputs, device, dtype))
-                    embeds.append(out.pooler_output.float().cpu().numpy())
-                    spans.append(_best_chunk_spans(getattr(out, "chunk_weights", None), inputs))
-                    bar.update(len(batch_rows))
-                tensors = {"embeddings": np.concatenate(embeds), "spans": np.concatenate(spans)}
+
+                def waves(rows=shard_rows[shard]):
+                    for i in rows:
+                        yield decode_audio(open_item(i), rate)
+                        bar.update(1)
+
+                embedded = embed_clips(model, processor, waves(), batch_size=batch_size)
+                tensors = {"embeddings": embedded.embeds.numpy(), "spans": _best_chunk_spans(embedded)}
                 _atomic_write(cls._shard_path(out_dir, shard), None, tensors=tensors)
         return cls.load(out_dir, model, processor)
 
@@ -363,11 +342,7 @@ class AudioIndex:
         """L2-normalised text embeddings (Q, D) of the queries, from the model the index was built with."""
         if self.model is None or self.processor is None:
             raise ValueError("this AudioIndex has no model: load it with AudioIndex.load(out_dir, model, processor) to search by text")
-        self.model.eval()
-        inputs = self.processor(text=list(queries), padding=True, return_tensors="pt")
-        with torch.inference_mode():
-            out = self.model.get_text_features(**_model_inputs(inputs, self.model.device, self.model.dtype))
-        return out.pooler_output.float().cpu()
+        return embed_texts(self.model, self.processor, list(queries))
 
     def search(self, queries, k=10, backend="exact", **search_kwargs):
         """Recordings best matching each text query: a list of `SearchResult` (for one string) or one list per query."""

@@ -5,31 +5,12 @@ from collections import defaultdict
 import numpy as np
 import torch
 from accelerate.utils import gather_object
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 
+from .embedding import embed_dataset
 from .metrics import audio_text_retrieval_metrics
 
 LOSS_TERMS = ("loss_contrastive", "loss_cosine", "loss_l1")
-
-
-@torch.no_grad()
-def embed_audio_text(model, collator, dataset, batch_size=32, progress=True, description="embedding"):
-    """Embed every clip and every caption of `dataset`: audio (N, D), text (M, D) and the clip index of each caption."""
-    model.eval()
-    device = next(model.parameters()).device
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collator, shuffle=False)
-    audio, text, caption_to_audio, offset = [], [], [], 0
-    for batch in tqdm(loader, desc=description, disable=not progress):
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        audio_inputs = {k: batch[k] for k in ("input_features", "chunk_mask")}
-        text_inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-        audio.append(model.get_audio_features(**audio_inputs).pooler_output.float().cpu())
-        text.append(model.get_text_features(**text_inputs).pooler_output.float().cpu())
-        caption_to_audio.append(batch["caption_to_audio"].cpu() + offset)
-        offset += audio_inputs["input_features"].shape[0]
-    return torch.cat(audio), torch.cat(text), torch.cat(caption_to_audio)
 
 
 class _ResumeCollatorStreams(TrainerCallback):
@@ -87,9 +68,10 @@ class AtrTrainer(Trainer):
         shard = dataset.shard(accelerator.num_processes, accelerator.process_index, contiguous=True)
         model = accelerator.unwrap_model(self.model)
         was_training = model.training
-        audio, text, caption_to_audio = embed_audio_text(
+        embedded = embed_dataset(
             model, self.eval_collator, shard, self.args.per_device_eval_batch_size, progress=not self.args.disable_tqdm and accelerator.is_main_process
         )
+        audio, text, caption_to_audio = embedded.audio, embedded.text, embedded.caption_to_audio
         model.train(was_training)
         parts = gather_object([(audio.numpy(), text.numpy(), caption_to_audio.numpy())])
         audio_offset = np.cumsum([0] + [p[0].shape[0] for p in parts])[:-1]
