@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--audio_column", default=None, help="Audio column (default: audio, file_name, path, ...).")
     parser.add_argument("--caption_columns", default="", help="Comma-separated caption columns (default: caption or captions).")
     parser.add_argument("--group_by", default=None, help="Merge rows of the same clip (one caption per row, e.g. AudioCaps).")
+    parser.add_argument("--caption_separator", default=None, help="Split caption strings that join several captions on this.")
     parser.add_argument("--max_samples", type=int, default=None, help="Evaluate the first N clips only.")
     parser.add_argument("--synthetic_size", type=int, default=None, help="Clips in the synthetic split (default: its standard size).")
     parser.add_argument("--skip_bad_audio", action="store_true", help="Skip unreadable audio files instead of stopping.")
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--class_names", nargs="+", default=None, help="zero-shot: class names in index order (default: ClassLabel names or sorted label strings).")
     parser.add_argument("--label_separator", default=None, help="zero-shot: split string labels on this (multi-label, e.g. ',').")
     parser.add_argument("--prompt_template", default=None, help="zero-shot prompt with {label} (default: 'This is a sound of {label}.').")
+    parser.add_argument("--label_underscores_to_spaces", action="store_true",
+                        help="zero-shot: read string labels with '_' as spaces (ESC-50's chirping_birds, FSD50K's Bird_vocalization).")
     parser.add_argument("--output_dir", default=None, help="Where results.json, results.md and the plots go.")
     parser.add_argument("--overwrite", action="store_true", help="Replace results already in --output_dir.")
     parser.add_argument("--update_model_card", action="store_true", help="Write the results into the (local) model's README.md model-index.")
@@ -81,7 +84,12 @@ def load_eval_dataset(args):
         caption_columns=caption_columns, skip_bad_audio=args.skip_bad_audio, group_by=args.group_by, load_kwargs=load_kwargs,
     )
     if args.max_samples is not None:
+        caption_separator=args.caption_separator,
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
+    if args.task == "zero-shot" and args.label_underscores_to_spaces:
+        column = args.label_column
+        dataset = dataset.map(lambda labels: {column: [v.replace("_", " ") if isinstance(v, str) else v for v in labels]},
+                              input_columns=column, batched=True)
     if len(dataset) == 0:
         raise ValueError(f"split {args.split!r} of {args.dataset} has no rows to evaluate")
     return dataset

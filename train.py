@@ -1,5 +1,6 @@
 """Train an atr model: `accelerate launch train.py --config configs/X.yaml [--flag value ...]`; no arguments = configs/demo.yaml."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -7,6 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
 from transformers import AutoProcessor, AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
@@ -48,6 +50,10 @@ class DataArguments:
     caption_columns: str = field(default="", metadata={"help": "Comma-separated caption column names (default: caption or captions)."})
     streaming: bool = False
     group_by: str | None = field(default=None, metadata={"help": "Merge rows of the same clip (one caption per row, e.g. AudioCaps) by this column."})
+    caption_separator: str | None = field(default=None, metadata={"help": "Split caption strings that join several captions on this (e.g. '\\n')."})
+    validation_fraction: float = field(
+        default=0.1, metadata={"help": "With no eval split in the data and evaluation on: the share of train clips held out for it (seeded)."}
+    )
     skip_bad_audio: bool = field(default=False, metadata={"help": "Skip missing or corrupt audio files (and report them) instead of stopping."})
     noise_probability: float = field(default=0.5, metadata={"help": "Chance that a training clip gets noise."})
     noise_min_snr_db: float = 5.0
@@ -137,8 +143,56 @@ def build_model_and_processor(model_args):
     return model, processor
 
 
-def load_splits(data_args):
-    """Train, eval and test datasets (eval/test None when their split name is empty)."""
+def has_split(data_args, split) -> bool:
+    """Whether the data source has `split` (a folder's subfolder, a Hub dataset's split; manifests and synthetic always)."""
+    source = data_args.dataset
+    if source == "synthetic" or Path(source).suffix in (".csv", ".jsonl", ".json"):
+        return True
+    if os.path.isdir(source):
+        return os.path.isdir(os.path.join(source, split))
+    if source.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"dataset folder {source} does not exist: for Clotho run `python -m atr.prepare clotho "
+                                f"{source}` first, or pass --dataset with an existing folder, manifest or Hub id")
+    from datasets import get_dataset_split_names
+
+    return split in get_dataset_split_names(source, data_args.dataset_config)
+
+
+def hold_out(dataset, fraction, seed):
+    """(rest, held-out) of `dataset` split by clip (rows sharing an audio path stay together), seeded."""
+    import pyarrow.compute as pc
+
+    # the path field only, read from Arrow: embedded audio bytes are never loaded
+    paths = pc.struct_field(dataset.with_format("arrow")["audio"], "path").to_pylist()
+    paths = [path or index for index, path in enumerate(paths)]
+    clips = sorted(set(paths), key=str)
+    count = max(1, round(fraction * len(clips)))
+    if not 0 < fraction < 1 or count >= len(clips):
+        raise ValueError(f"--validation_fraction {fraction} of {len(clips)} train clips leaves no train or no validation "
+                         "clip: pass a fraction in (0, 1), or an --eval_split")
+    held = {clips[i] for i in np.random.default_rng(seed).permutation(len(clips))[:count]}
+    rows = {True: [], False: []}
+    for index, path in enumerate(paths):
+        rows[path in held].append(index)
+    return dataset.select(rows[False]), dataset.select(rows[True])
+
+
+def load_splits(data_args, training_args=None):
+    """Train, eval and test datasets (eval/test None when their split name is empty).
+
+    With no eval split in the source, a seeded slice of train is held out when `training_args` evaluate during
+    training, and evaluation is skipped otherwise; the log says which.
+    """
+    holdout = False
+    if data_args.eval_split and not has_split(data_args, data_args.eval_split):
+        evaluating = training_args is not None and (training_args.eval_strategy != "no" or training_args.load_best_model_at_end)
+        where = f"{data_args.dataset} has no {data_args.eval_split!r} split"
+        if evaluating:
+            logger.info("%s: holding out %.0f%% of the train clips (seed %d) for evaluation during training",
+                        where, 100 * data_args.validation_fraction, training_args.seed)
+        else:
+            logger.info("%s and evaluation during training is off: no validation set, training on all of train", where)
+        holdout, data_args = evaluating, dataclasses.replace(data_args, eval_split=None)
     caption_columns = tuple(c for c in data_args.caption_columns.split(",") if c) or None
     synthetic_sizes = dict(zip(("train", "validation", "test"), (int(n) for n in data_args.synthetic_sizes.split(","))))
     splits = {}
@@ -154,11 +208,14 @@ def load_splits(data_args):
         dataset = load_audio_text_dataset(
             data_args.dataset, split, config_name=data_args.dataset_config, audio_column=data_args.audio_column,
             caption_columns=caption_columns, streaming=data_args.streaming, skip_bad_audio=data_args.skip_bad_audio,
-            group_by=data_args.group_by, load_kwargs=load_kwargs,
+            group_by=data_args.group_by, load_kwargs=load_kwargs, caption_separator=data_args.caption_separator,
         )
         if limit is not None and not data_args.streaming:
             dataset = dataset.select(range(min(limit, len(dataset))))
         splits[name] = dataset
+    if holdout:
+        splits["train"], splits["eval"] = hold_out(splits["train"], data_args.validation_fraction, training_args.seed)
+        logger.info("held out %d of %d train clips for evaluation", len(splits["eval"]), len(splits["eval"]) + len(splits["train"]))
     return splits
 
 
@@ -225,7 +282,7 @@ def main(argv=None):
     set_seed(training_args.seed)
 
     model, processor = build_model_and_processor(model_args)
-    splits = load_splits(data_args)
+    splits = load_splits(data_args, training_args)
     augment = make_noise_augmentation(
         p=data_args.noise_probability, min_snr_db=data_args.noise_min_snr_db, max_snr_db=data_args.noise_max_snr_db,
         background_dir=data_args.background_noise_dir,

@@ -169,12 +169,14 @@ def _find_caption_columns(columns, caption_columns, source) -> list[str]:
                      "'caption_1'..'caption_5', or pass caption_columns=")
 
 
-def _as_captions(value) -> list[str]:
-    """A cell's captions: a list, a JSON list string, or one caption string."""
+def _as_captions(value, separator: str | None = None) -> list[str]:
+    """A cell's captions: a list, a JSON list string, or one caption string (split on `separator` when given)."""
     if value is None:
         return []
     if isinstance(value, str):
         text = value.strip()
+        if separator:  # several captions joined into one string, e.g. CLAPv2/Clotho's `text`
+            return [part.strip() for part in text.split(separator) if part.strip()]
         if text.startswith("["):
             try:
                 value = json.loads(text)
@@ -187,11 +189,11 @@ def _as_captions(value) -> list[str]:
     return [str(v).strip() for v in value if v is not None and str(v).strip()]
 
 
-def _gather_captions(batch, caption_columns, first_row, source) -> list[list[str]]:
+def _gather_captions(batch, caption_columns, first_row, source, separator=None) -> list[list[str]]:
     """Each row's captions from the caption columns of a batch; a row without any is an error naming it."""
     captions = []
     for offset, cells in enumerate(zip(*(batch[c] for c in caption_columns))):
-        found = [caption for cell in cells for caption in _as_captions(cell)]
+        found = [caption for cell in cells for caption in _as_captions(cell, separator)]
         if not found:
             raise ValueError(f"row {first_row + offset} of {source} has no caption in columns {caption_columns}: "
                              "fill them in or drop the row")
@@ -199,7 +201,7 @@ def _gather_captions(batch, caption_columns, first_row, source) -> list[list[str
     return captions
 
 
-def _normalise_columns(dataset, audio_column, caption_columns, base_dir: Path | None, source):
+def _normalise_columns(dataset, audio_column, caption_columns, base_dir: Path | None, source, separator=None):
     """Renames audio to `audio` (paths resolved against base_dir) and gathers captions into a `captions` list."""
     columns = list(dataset.column_names or [])
     if not columns:  # a streamed dataset may not know its columns before reading: trust the names given
@@ -214,12 +216,12 @@ def _normalise_columns(dataset, audio_column, caption_columns, base_dir: Path | 
     if isinstance(dataset, IterableDataset):
         # cast before map: a mapped streaming dataset no longer knows its features
         dataset = dataset.cast_column("audio", Audio(decode=False))
-        return dataset.map(lambda batch: {"captions": _gather_captions(batch, caption_columns, 0, source)},
+        return dataset.map(lambda batch: {"captions": _gather_captions(batch, caption_columns, 0, source, separator)},
                            batched=True)
     # add_column leaves the (possibly large) audio column untouched instead of rewriting it as map would
     captions, start = [], 0
     for batch in dataset.select_columns(caption_columns).iter(batch_size=1024):
-        captions += _gather_captions(batch, caption_columns, start, source)
+        captions += _gather_captions(batch, caption_columns, start, source, separator)
         start = len(captions)
     if "captions" in dataset.column_names:
         dataset = dataset.remove_columns("captions")
@@ -234,10 +236,12 @@ def _normalise_columns(dataset, audio_column, caption_columns, base_dir: Path | 
 def load_audio_text_dataset(source: str | os.PathLike, split: str = "train", *, config_name: str | None = None,
                             audio_column: str | None = None, caption_columns: str | Sequence[str] | None = None,
                             streaming: bool = False, skip_bad_audio: bool = False, verify_audio: bool = True,
-                            group_by: str | None = None, load_kwargs: dict | None = None) -> Dataset | IterableDataset:
+                            group_by: str | None = None, load_kwargs: dict | None = None,
+                            caption_separator: str | None = None) -> Dataset | IterableDataset:
     """One split with an undecoded `audio` column and a `captions` list column, from any supported source.
 
     `source` is "synthetic", a local audiofolder directory, a .csv/.jsonl manifest, or a Hub dataset id.
+    `caption_separator` splits caption strings that hold several captions joined (e.g. by "\n").
     """
     load_kwargs = dict(load_kwargs or {})
     if str(source) == "synthetic":
@@ -251,7 +255,7 @@ def load_audio_text_dataset(source: str | os.PathLike, split: str = "train", *, 
         base_dir = None
         column = _find_audio_column(list(dataset.column_names or []), audio_column, source)
         dataset = dataset.cast_column(column, Audio(decode=False))  # before any access, so nothing is decoded
-    dataset = _normalise_columns(dataset, audio_column, caption_columns, base_dir, source)
+    dataset = _normalise_columns(dataset, audio_column, caption_columns, base_dir, source, caption_separator)
     if group_by is not None:
         dataset = _group_captions(dataset, group_by, source)
     if isinstance(dataset, IterableDataset):

@@ -134,30 +134,37 @@ def test_command_line_names_the_datasets(capsys):
     assert "clotho" in capsys.readouterr().out
 
 
-def test_fsd50k_eval_set_becomes_a_zero_shot_test_split(tmp_path, monkeypatch):
+def fake_fsd50k_hub(calls, labels=("Electric_guitar,Guitar", "Bird_vocalization,Bird")):
+    """A stand-in for huggingface_hub.snapshot_download serving Fhrozen/FSD50k's layout: clips/eval/<fname>.wav, labels/eval.csv."""
     import huggingface_hub
 
-    rng = np.random.default_rng(0)
-    calls = []
-
-    def fake_snapshot_download(repo_id, repo_type, allow_patterns, local_dir, dry_run=False):
-        """Fhrozen/FSD50k's layout: clips/eval/<fname>.wav and labels/eval.csv (fname, labels, mids)."""
+    def snapshot_download(repo_id, repo_type, allow_patterns, local_dir, dry_run=False):
         calls.append((repo_id, repo_type, tuple(allow_patterns), dry_run))
         if dry_run:
             return [huggingface_hub.file_download.DryRunFileInfo("0" * 40, 1000, "labels/eval.csv", "", False, True)]
+        rng = np.random.default_rng(0)
         (Path(local_dir) / "clips" / "eval").mkdir(parents=True)
         (Path(local_dir) / "labels").mkdir()
-        for fname in (37199, 865):
+        lines = ["fname,labels,mids"]
+        for index, label in enumerate(labels):
+            fname = 865 + index
             sf.write(Path(local_dir) / "clips" / "eval" / f"{fname}.wav", (0.1 * rng.standard_normal(8000)).astype(np.float32), 44100)
-        (Path(local_dir) / "labels" / "eval.csv").write_text(
-            'fname,labels,mids\n37199,"Electric_guitar,Guitar",/m/02sgy\n865,"Bird_vocalization,Bird",/m/020bb\n')
+            lines.append(f'{fname},"{label}",/m/0')
+        (Path(local_dir) / "labels" / "eval.csv").write_text("\n".join(lines) + "\n")
         return str(local_dir)
 
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    return snapshot_download
+
+
+def test_fsd50k_eval_set_becomes_a_zero_shot_test_split(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_fsd50k_hub(calls))
     out = prepare.prepare_fsd50k(tmp_path / "fsd50k")
     assert [c[:2] for c in calls] == [("Fhrozen/FSD50k", "dataset")] * 2 and calls[0][3] and not calls[1][3]
     dataset = load_audio_text_dataset(out, "test", caption_columns="labels")
     assert dataset["labels"] == ["Electric_guitar,Guitar", "Bird_vocalization,Bird"]
-    assert dataset[1]["audio"]["path"].endswith("test/865.wav")
+    assert dataset[1]["audio"]["path"].endswith("test/866.wav")
     with pytest.raises(FileExistsError):
         prepare.prepare_fsd50k(out)
