@@ -232,3 +232,15 @@ def test_best_model_is_the_best_validation_step_and_is_reloaded(tmp_path, tiny_t
     last = load_file(out / "checkpoint-3" / "model.safetensors")
     if best_step != 3:
         assert not all(torch.equal(final[k], last[k]) for k in last)
+
+
+def test_caption_separator_splits_captions_joined_in_one_string(tmp_path, hub):
+    # copies such as CLAPv2/Clotho join a clip's 5 captions into one `text` string
+    features = datasets.Features({"audio": datasets.Audio(), "text": datasets.Value("string")})
+    rows = [{"audio": {"bytes": wav_bytes(0.5, 16000, seed=i), "path": f"{i}.wav"},
+             "text": "\n".join(f"clip {i} caption {k}" for k in range(1, 6))} for i in range(2)]
+    hub["someone/clotho-joined"] = write_hub_copy(tmp_path / "joined", features, {"test": rows})
+    joined = atr.data.load_audio_text_dataset("someone/clotho-joined", "test", caption_columns="text")
+    split = atr.data.load_audio_text_dataset("someone/clotho-joined", "test", caption_columns="text", caption_separator="\n")
+    assert [len(c) for c in joined["captions"]] == [1, 1]
+    assert split["captions"][1] == [f"clip 1 caption {k}" for k in range(1, 6)]
