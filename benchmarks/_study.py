@@ -133,9 +133,10 @@ def audio_backbone(args):
     if not (exported / "config.json").exists():
         if not (encoder / "config.json").exists():
             head = {**_config_model_settings(args.config), **ENCODER_OVERRIDES}
-            argv = ["--config", args.config, *_data_args(args), *_text_args(args), "--output_dir", str(encoder),
-                    *(["--max_steps", str(args.encoder_steps)] if args.encoder_steps else []), "--noise_probability", "0", "--model_config", json.dumps(head),
-                    "--save_strategy", "no", "--eval_split", "", "--evaluate_test", "false", "--disable_tqdm", "true"]
+            steps = ["--max_steps", str(args.encoder_steps)] if args.encoder_steps else []
+            argv = ["--config", args.config, *_data_args(args), *_text_args(args), "--output_dir", str(encoder), *steps,
+                    "--noise_probability", "0", "--model_config", json.dumps(head), "--save_strategy", "no", "--eval_split", "",
+                    "--evaluate_test", "false", "--disable_tqdm", "true"]
             logger.info("training the study encoder: python train.py %s", shlex.join(argv))
             train.main(argv)
         export_audio_encoder(encoder, exported)
