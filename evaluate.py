@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--update_model_card", action="store_true", help="Write the results into the (local) model's README.md model-index.")
     parser.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="Wilcoxon signed-rank test of two results.json files.")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
+                        help="torch, or ONNX Runtime on a `python -m atr.export onnx` folder (onnx-int8: its --int8 graphs).")
     parser.add_argument("--no_progress", action="store_true", help="Hide the progress bars.")
     return parser
 
@@ -82,14 +84,14 @@ def load_eval_dataset(args):
     dataset = load_audio_text_dataset(
         args.dataset, args.split, config_name=args.dataset_config, audio_column=args.audio_column,
         caption_columns=caption_columns, skip_bad_audio=args.skip_bad_audio, group_by=args.group_by, load_kwargs=load_kwargs,
-    )
-    if args.max_samples is not None:
         caption_separator=args.caption_separator,
-        dataset = dataset.select(range(min(args.max_samples, len(dataset))))
+    )
     if args.task == "zero-shot" and args.label_underscores_to_spaces:
         column = args.label_column
         dataset = dataset.map(lambda labels: {column: [v.replace("_", " ") if isinstance(v, str) else v for v in labels]},
                               input_columns=column, batched=True)
+    if args.max_samples is not None:
+        dataset = dataset.select(range(min(args.max_samples, len(dataset))))
     if len(dataset) == 0:
         raise ValueError(f"split {args.split!r} of {args.dataset} has no rows to evaluate")
     return dataset
@@ -105,7 +107,7 @@ def run_evaluation(args) -> dict:
         raise ValueError("--model is required (or use --compare A.json B.json)")
     output_dir = check_output_dir(args.output_dir, args.overwrite) if args.output_dir else None
     conditions = evaluation.parse_conditions(args.snr)
-    model, processor, info = evaluation.load_model_for_evaluation(args.model, args.device)
+    model, processor, info = evaluation.load_model_for_evaluation(args.model, args.device, args.backend)
     dataset = load_eval_dataset(args)
     common = dict(noise=args.noise, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress)
     extra = {}

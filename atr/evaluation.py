@@ -191,8 +191,28 @@ class ClapRetrievalAdapter(nn.Module):
 # ---------------------------------------------------------------- loading
 
 
-def load_model_for_evaluation(name: str, device: str | torch.device = "cpu"):
-    """(model, processor, info) for an atr model or a transformers ClapModel (dir or Hub id); info names the protocol."""
+BACKENDS = ("torch", "onnx", "onnx-int8")
+
+
+def load_model_for_evaluation(name: str, device: str | torch.device = "cpu", backend: str = "torch"):
+    """(model, processor, info) for an atr model or a transformers ClapModel (dir or Hub id); info names the protocol.
+
+    `backend="onnx"` / `"onnx-int8"` loads an `atr.export` ONNX folder into `atr.onnx.AtrOnnxModel` (ONNX Runtime, CPU).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend is {backend!r}, expected one of {BACKENDS}")
+    if backend != "torch":
+        from .onnx import AtrOnnxModel, is_onnx_export
+
+        if not is_onnx_export(name):
+            raise ValueError(f"--backend {backend} needs an ONNX export folder, and {name!r} is not one: run "
+                             f"`python -m atr.export onnx {name} OUT_DIR{' --int8' if backend == 'onnx-int8' else ''}` "
+                             "and pass --model OUT_DIR")
+        if str(device) != "cpu":
+            raise ValueError(f"--backend {backend} runs on the CPU (ONNX Runtime), not {device!r}: pass --device cpu")
+        model = AtrOnnxModel.from_pretrained(name, int8=backend == "onnx-int8")
+        processor = AutoProcessor.from_pretrained(name)
+        return model, processor, {"model_type": "atr", "audio_protocol": ATR_PROTOCOL, "backend": backend}
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=True)
     except (OSError, ValueError) as error:

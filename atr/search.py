@@ -378,7 +378,7 @@ def _parser():
     )
     parser.add_argument("queries", nargs="+", help="one or more text queries, e.g. 'a dog barks in the rain'")
     parser.add_argument("--audio-dir", required=True, help="folder of audio files (searched recursively)")
-    parser.add_argument("--model", help="model folder or Hub id; default: the one the index was built with")
+    parser.add_argument("--model", help="model folder, Hub id or ONNX export folder; default: the one the index was built with")
     parser.add_argument("--index-dir", help="where embeddings are stored; default: <audio-dir>/.atr-index")
     parser.add_argument("-k", "--top-k", type=int, default=10, help="results per query (default 10)")
     parser.add_argument("--backend", choices=BACKENDS, default="exact", help="exact (default) or a FAISS index: flat, pq, hnsw")
@@ -402,7 +402,12 @@ def main(argv=None):
         if previous is None or not previous["model"]:
             _parser().error(f"--model is required: no index with a recorded model at {str(index_dir)!r}")
         model_id = previous["model"]
-    model = AutoModel.from_pretrained(model_id, trust_remote_code=True).to(args.device)
+    from .onnx import AtrOnnxModel, is_onnx_export
+
+    if is_onnx_export(model_id):  # a `python -m atr.export onnx` folder: ONNX Runtime on the CPU
+        model = AtrOnnxModel.from_pretrained(model_id)
+    else:
+        model = AutoModel.from_pretrained(model_id, trust_remote_code=True).to(args.device)
     processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=True)
     index = AudioIndex.build(
         model, processor, args.audio_dir, index_dir, batch_size=args.batch_size, overwrite=args.overwrite, progress=not args.quiet

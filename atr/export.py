@@ -1,0 +1,174 @@
+"""ONNX export of an atr model for ONNX Runtime inference: `python -m atr.export onnx MODEL_DIR OUT_DIR [--int8]`.
+
+Three graphs, exported with `torch.onnx.export(dynamo=True)` (needs `pip install 'atr[onnx]'`):
+
+- `audio.onnx`: real chunks' features (chunks, *chunk_feature_shape) -> chunk embeddings (chunks, D), the audio encoder,
+  head, token pooling and projection; padding chunks are never given to it, as `AtrModel` never encodes them.
+- `pooling.onnx`: chunk embeddings (batch, chunks, D) + chunk_mask (batch, chunks) -> the L2-normalised clip embedding
+  (batch, D) and chunk weights (batch, chunks): the learned-query attention pooling, kept outside the audio graph so
+  that graph runs on real chunks only.
+- `text.onnx`: input_ids, attention_mask (and token_type_ids when the tokenizer gives them) -> the L2-normalised caption
+  embedding (batch, D) and the head's tokens (batch, tokens, H).
+
+`--int8` also writes `audio.int8.onnx` and `text.int8.onnx` by ONNX Runtime dynamic quantization
+(`onnxruntime.quantization.quantize_dynamic`, int8 weights of MatMul/Gemm). The processor files and `config.json` go
+next to them, and `atr.onnx.AtrOnnxModel.from_pretrained(OUT_DIR)` loads the folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ONNX_MANIFEST = "onnx_export.json"
+GRAPHS = {"audio": "audio.onnx", "pooling": "pooling.onnx", "text": "text.onnx"}
+QUANTIZED = {"audio": "audio.int8.onnx", "text": "text.int8.onnx"}
+# Weights past this many bytes go to an external data file: a single .onnx protobuf cannot exceed 2 GB.
+INLINE_WEIGHT_LIMIT = 1_500_000_000
+
+
+class AudioChunkEncoder(nn.Module):
+    """Real chunks' features (N, ...) -> chunk embeddings (N, D), by the model's own encoder, head and projection."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, chunk_features):
+        """Chunk embeddings, unnormalised, exactly as `AtrModel.get_audio_features(...).last_hidden_state` holds them."""
+        hidden, mask = self.model.audio_model(chunk_features)
+        refined = self.model.audio_head(hidden, mask)
+        # AtrModel has no public per-chunk embedding method without its Python mini-batch loop (not traceable with a
+        # dynamic chunk count); this is the body of that loop.
+        return self.model.audio_projection(self.model._pool_audio_tokens(refined, mask))
+
+
+class ChunkPooling(nn.Module):
+    """Chunk embeddings (B, C, D) + chunk_mask (B, C) -> L2-normalised clip embeddings (B, D) and chunk weights (B, C)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.pooling = model.chunk_pooling
+
+    def forward(self, chunk_embeds, chunk_mask):
+        """The learned-query attention pooling of `AtrModel.get_audio_features`."""
+        pooled, weights = self.pooling(chunk_embeds, chunk_mask)
+        return nn.functional.normalize(pooled, dim=-1), weights
+
+
+class TextEncoder(nn.Module):
+    """Token ids -> L2-normalised caption embeddings (B, D) and head tokens, by `AtrModel.get_text_features`."""
+
+    def __init__(self, model, with_token_type_ids: bool):
+        super().__init__()
+        self.model, self.with_token_type_ids = model, with_token_type_ids
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        """`get_text_features(...)`: (pooler_output, last_hidden_state)."""
+        out = self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return out.pooler_output, out.last_hidden_state
+
+
+def _require_onnx():
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as error:
+        raise ImportError("ONNX export needs onnx and onnxscript: pip install 'atr[onnx]'") from error
+
+
+def _export(module, args, path: Path, input_names, output_names, dynamic_shapes, external_data: bool):
+    program = torch.onnx.export(
+        module.eval(), args, dynamo=True, input_names=input_names, output_names=output_names, dynamic_shapes=dynamic_shapes,
+        external_data=external_data,
+    )
+    program.save(str(path), external_data=external_data)
+
+
+def _example_audio(model, processor):
+    """Three chunk features shaped as the processor makes them (values do not matter for the export)."""
+    shape = processor.feature_extractor.chunk_feature_shape
+    return torch.randn(3, *shape, generator=torch.Generator().manual_seed(0))
+
+
+def _example_text(processor):
+    return processor(text=["a dog barks twice", "rain"], return_tensors="pt")
+
+
+@torch.no_grad()
+def export_onnx(model, processor, out_dir, int8: bool = False, overwrite: bool = False) -> Path:
+    """Write the audio, pooling and text graphs, the processor and config of an `AtrModel` to out_dir; return out_dir."""
+    _require_onnx()
+    out_dir = Path(out_dir)
+    if (out_dir / ONNX_MANIFEST).exists() and not overwrite:
+        raise FileExistsError(f"{str(out_dir)!r} already holds an ONNX export: pass overwrite=True (--overwrite) or another folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.float().eval()
+    external = sum(p.numel() * p.element_size() for p in model.parameters()) > INLINE_WEIGHT_LIMIT
+    chunks, batch = torch.export.Dim("chunks"), torch.export.Dim("batch")
+
+    features = _example_audio(model, processor)
+    _export(AudioChunkEncoder(model), (features,), out_dir / GRAPHS["audio"], ["chunk_features"], ["chunk_embeds"],
+            {"chunk_features": {0: chunks}}, external)
+
+    dim = model.config.projection_dim
+    embeds = torch.randn(2, 3, dim, generator=torch.Generator().manual_seed(1))
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    _export(ChunkPooling(model), (embeds, mask), out_dir / GRAPHS["pooling"], ["chunk_embeds", "chunk_mask"],
+            ["audio_embeds", "chunk_weights"], {"chunk_embeds": {0: batch, 1: chunks}, "chunk_mask": {0: batch, 1: chunks}}, False)
+
+    text = _example_text(processor)
+    # token_type_ids only when the tokenizer makes them and the text encoder reads them (RoBERTa's tokenizer does not).
+    with_types = "token_type_ids" in text and model._text_accepts_token_type_ids
+    tokens = torch.export.Dim("tokens")
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if with_types else [])
+    args = tuple(text[name] for name in names)
+    _export(TextEncoder(model, with_types), args, out_dir / GRAPHS["text"], names, ["text_embeds", "text_tokens"],
+            {name: {0: batch, 1: tokens} for name in names}, external)
+
+    files = dict(GRAPHS)
+    if int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        for kind, name in QUANTIZED.items():
+            quantize_dynamic(out_dir / GRAPHS[kind], out_dir / name, weight_type=QuantType.QInt8, use_external_data_format=external)
+        files.update({f"{kind}_int8": name for kind, name in QUANTIZED.items()})
+    model.config.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    manifest = {"format_version": 1, "source": str(getattr(model, "name_or_path", "") or ""), "files": files, "text_inputs": names}
+    (out_dir / ONNX_MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return out_dir
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="python -m atr.export", description="Export a trained atr model.")
+    formats = parser.add_subparsers(dest="format", required=True)
+    onnx = formats.add_parser("onnx", help="audio, pooling and text ONNX graphs for atr.onnx.AtrOnnxModel")
+    onnx.add_argument("model_dir", help="a trained atr model folder (or Hub id)")
+    onnx.add_argument("out_dir", help="where the .onnx files, config and processor go")
+    onnx.add_argument("--int8", action="store_true", help="also write int8 dynamically quantized audio and text graphs")
+    onnx.add_argument("--overwrite", action="store_true", help="replace an export already in out_dir")
+    return parser
+
+
+def main(argv=None):
+    """`python -m atr.export onnx MODEL_DIR OUT_DIR [--int8] [--overwrite]`."""
+    from transformers import AutoProcessor
+
+    from .modeling_atr import AtrModel
+
+    args = _parser().parse_args(argv)
+    model = AtrModel.from_pretrained(args.model_dir)
+    processor = AutoProcessor.from_pretrained(args.model_dir)
+    out = export_onnx(model, processor, args.out_dir, int8=args.int8, overwrite=args.overwrite)
+    print(f"wrote {', '.join(sorted(p.name for p in out.glob('*.onnx')))} to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
