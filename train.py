@@ -14,7 +14,7 @@ from transformers import AutoProcessor, AutoTokenizer, HfArgumentParser, Trainin
 from transformers.trainer_utils import get_last_checkpoint
 
 from atr import AtrConfig, AtrFeatureExtractor, AtrModel, AtrProcessor
-from atr.data import AtrCollator, load_audio_text_dataset, make_noise_augmentation
+from atr.data import AtrCollator, estimated_chunk_counts, load_audio_text_dataset, make_noise_augmentation
 from atr.trainer import AtrTrainer
 
 logger = logging.getLogger("atr.train")
@@ -77,11 +77,16 @@ class RunArguments:
 
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing over a model already saved in output_dir."})
     evaluate_test: bool = field(default=True, metadata={"help": "Evaluate the test split at the end and write the numbers into the card."})
+    hp_search: int = field(
+        default=0, metadata={"help": "First search this many optuna trials over the loss weights and learning rate (scored on validation), then train with the best."}
+    )
 
 
 def parse_args(argv):
     """Parse `--config file.yaml` (default: configs/demo.yaml) with CLI flags overriding it."""
     parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments))
+    # Batches of clips with similar chunk counts: one long file no longer pads a whole batch to its length.
+    parser.set_defaults(train_sampling_strategy="group_by_length")
     config_path = DEFAULT_CONFIG
     if "--config" in argv:
         index = argv.index("--config")
@@ -248,7 +253,7 @@ def cached_training_data(model, processor, dataset, data_args, training_args, co
             )
     rows = dataset.add_column("clip_index", list(range(len(dataset))))
     if audio_cache is not None:  # the audio column is never read again: keep the DataLoader off it
-        rows = rows.select_columns(["clip_index", "captions"])
+        rows = rows.select_columns([c for c in ("clip_index", "captions", training_args.length_column_name) if c in rows.column_names])
     collator = CachedCollator(processor, text_cache=text_cache, audio_cache=audio_cache, noise_probability=data_args.noise_probability, **collator_kwargs)
     return rows, collator
 
@@ -274,6 +279,23 @@ def push_folder(output_dir, repo_id, token=None, private=None):
     )
 
 
+def search_hyperparameters(model_args, training_args, trainer_kwargs, n_trials):
+    """Run the optuna search over loss weights and learning rate; return a fresh model with the best, lr set in args."""
+    from atr import hp_search
+
+    def build(overrides):
+        config = json.dumps({**_json(model_args.model_config), **overrides})
+        return build_model_and_processor(dataclasses.replace(model_args, model_config=config))[0]
+
+    search_trainer = AtrTrainer(model_init=hp_search.make_model_init(build), **trainer_kwargs)
+    best = hp_search.run(search_trainer, n_trials, seed=training_args.seed)
+    logger.info("hyperparameter search: best validation objective %.4f with %s", best.objective, best.hyperparameters)
+    training_args.learning_rate = best.hyperparameters["learning_rate"]
+    weights = {name: best.hyperparameters[name] for name in hp_search.LOSS_WEIGHTS}
+    model_args.model_config = json.dumps({**_json(model_args.model_config), **weights})
+    return build(weights)
+
+
 def main(argv=None):
     """Train, save model + processor + card, evaluate the test split, optionally push to the Hub."""
     model_args, data_args, run_args, training_args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -295,22 +317,22 @@ def main(argv=None):
         processor_kwargs={"max_train_chunks": data_args.max_train_chunks},
     )
     train_dataset = splits["train"]
+    if training_args.train_sampling_strategy == "group_by_length" and not data_args.streaming:
+        lengths = estimated_chunk_counts(train_dataset, processor.feature_extractor.window_s)
+        train_dataset = train_dataset.add_column(training_args.length_column_name, lengths)
     if data_args.cache_encoder_outputs:
         train_dataset, train_collator = cached_training_data(model, processor, train_dataset, data_args, training_args, collator_kwargs)
     else:
         train_collator = AtrCollator(processor, training=True, **collator_kwargs)
     eval_collator = AtrCollator(processor, training=False)
     card_kwargs = {"dataset": data_args.dataset, "data_args": vars(data_args)}
-    trainer = AtrTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=splits["eval"],
-        data_collator=train_collator,
-        eval_collator=eval_collator,
-        processing_class=processor,
-        card_kwargs=card_kwargs,
+    trainer_kwargs = dict(
+        args=training_args, train_dataset=train_dataset, eval_dataset=splits["eval"], data_collator=train_collator,
+        eval_collator=eval_collator, processing_class=processor, card_kwargs=card_kwargs,
     )
+    if run_args.hp_search:
+        model = search_hyperparameters(model_args, training_args, trainer_kwargs, run_args.hp_search)
+    trainer = AtrTrainer(model=model, **trainer_kwargs)
     resume = training_args.resume_from_checkpoint
     if resume in ("True", "true", "latest"):
         resume = get_last_checkpoint(training_args.output_dir)

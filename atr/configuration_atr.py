@@ -19,15 +19,15 @@ class AtrConfig(PreTrainedConfig):
         head_hidden_size: width of the transformer projection that refines each encoder's token sequence.
         head_layers / head_heads / head_dropout: depth, attention heads and dropout of that transformer projection.
         cross_modal_attention: train with bidirectional audio<->text cross attention feeding the alignment terms.
-        cross_modal_heads: heads of the cross-modal attention.
+        cross_modal_heads: heads of the training-only cross-modal attention (it works in the projection_dim space).
         text_pooling: `cls`, `mean` or `last_token` (decoder LLMs) pooling of the text tokens.
         audio_token_pooling: `mean` or `mean_max` (mean + max) pooling of each chunk's audio tokens.
         lambda_cosine / lambda_l1 / lambda_contrastive: hybrid-loss weights.
         alignment_warmup_steps: AtrTrainer ramps the cosine and L1 weights linearly from 0 over this many steps. An
             encoder trained from scratch starts with near-identical outputs, where the alignment terms alone collapse
             every embedding onto one point (a fixed point the contrastive term cannot leave); 0 keeps full weights.
-        logit_scale_init_value: initial value of the learnable temperature's logit scale (1/0.07).
-        logit_scale_max: the logit scale is clamped at this value (100) in the forward pass.
+        logit_scale_init_value: initial 1/temperature (1/0.07, as CLAP); the model's `logit_scale` parameter holds its log.
+        logit_scale_max: 1/temperature is clamped at this value (100) after each optimizer step.
         freeze_audio_encoder / freeze_text_encoder: keep a backbone frozen (eval mode, no gradients).
         gather_negatives: in distributed training, gather contrastive negatives from every process (with gradients).
         audio_chunk_batch_size: how many chunks go through the audio encoder at once (bounds memory on long audio).
@@ -54,7 +54,7 @@ class AtrConfig(PreTrainedConfig):
     lambda_l1: float = 1.0
     lambda_contrastive: float = 1.0
     alignment_warmup_steps: int = 0
-    logit_scale_init_value: float = 2.6592
+    logit_scale_init_value: float = 1 / 0.07
     logit_scale_max: float = 100.0
     freeze_audio_encoder: bool = True
     freeze_text_encoder: bool = True
@@ -74,10 +74,10 @@ class AtrConfig(PreTrainedConfig):
             raise ValueError(f"audio_token_pooling is {self.audio_token_pooling!r}, expected 'mean' or 'mean_max'")
         if self.text_pooling not in TEXT_POOLING_MODES:
             raise ValueError(f"text_pooling is {self.text_pooling!r}, expected one of {TEXT_POOLING_MODES}")
-        for name in ("head_heads", "cross_modal_heads"):
-            if self.head_hidden_size % getattr(self, name):
+        for width, name in (("head_hidden_size", "head_heads"), ("projection_dim", "cross_modal_heads")):
+            if getattr(self, width) % getattr(self, name):
                 raise ValueError(
-                    f"head_hidden_size {self.head_hidden_size} is not divisible by {name}={getattr(self, name)}: "
+                    f"{width} {getattr(self, width)} is not divisible by {name}={getattr(self, name)}: "
                     "pick a head count that divides it"
                 )
 

@@ -83,6 +83,21 @@ def _audio_problem(audio) -> str | None:
     return None if info.frames > 0 else "no audio frames (empty file)"
 
 
+def estimated_chunk_counts(dataset: Dataset, window_s: float) -> list[int]:
+    """Each row's chunk count bound, ceil(duration / window), read from audio headers (no decode): what batches group by."""
+    counts = []
+    for batch in dataset.select_columns(["audio"]).iter(batch_size=256):
+        for audio in batch["audio"]:
+            if isinstance(audio, dict) and audio.get("array") is not None:
+                seconds = len(audio["array"]) / audio["sampling_rate"]
+            else:
+                source = io.BytesIO(audio["bytes"]) if isinstance(audio, dict) and audio.get("bytes") else (
+                    audio.get("path") if isinstance(audio, dict) else audio)
+                seconds = sf.info(source).duration
+            counts.append(max(1, int(np.ceil(seconds / window_s))))
+    return counts
+
+
 def _verify_audio(dataset: Dataset, split: str, skip_bad_audio: bool) -> Dataset:
     """Checks every row's audio header: raises naming file and row, or drops bad rows and logs how many."""
     bad = []

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-AUDIO_KEYS = ("input_features", "chunk_mask")
+AUDIO_KEYS = ("input_features", "chunk_mask", "audio_attention_mask")
 TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 # Clips featurised ahead of the model, in batches: the pool the chunk-count ordering sorts within.
 SORT_WINDOW_BATCHES = 8
@@ -76,12 +76,17 @@ def _per_clip(inputs) -> list[dict]:
     features = np.asarray(inputs["input_features"])
     mask = inputs.get("chunk_mask")
     real = np.asarray(mask).astype(bool) if mask is not None else np.ones(features.shape[:2], dtype=bool)
-    bounds = inputs.get("chunk_boundaries")
+    spans = inputs.get("chunk_spans")
+    frames = inputs.get("audio_attention_mask")
     rows = []
     for i in range(len(features)):
         row = {"features": features[i][real[i]]}
-        if bounds is not None:
-            row["boundaries"] = np.asarray(bounds[i], dtype=np.float32)[real[i]]
+        if frames is not None:
+            row["frame_mask"] = np.asarray(frames[i])[real[i]]
+        if spans is not None:
+            # (C, S, 2) spans, -1 where unused: a chunk's extent runs from its first start to its last end
+            clip_spans = np.asarray(spans[i], dtype=np.float32)[real[i]]
+            row["boundaries"] = np.stack([clip_spans[:, 0, 0], clip_spans[:, :, 1].max(axis=1)], axis=1)
         rows.append(row)
     return rows
 
@@ -102,10 +107,18 @@ def _embed_clip_rows(model, rows: list[dict], batch_size: int) -> list[dict]:
         first = rows[group[0]]["features"]
         features = np.zeros((len(group), max(counts), *first.shape[1:]), dtype=first.dtype)
         mask = np.zeros((len(group), max(counts)), dtype=np.int64)
+        frame_mask = None
+        if "frame_mask" in rows[group[0]]:
+            frame_mask = np.zeros((len(group), max(counts), rows[group[0]]["frame_mask"].shape[-1]), dtype=np.int64)
         for slot, (i, count) in enumerate(zip(group, counts)):
             features[slot, :count] = rows[i]["features"]
             mask[slot, :count] = 1
-        out = model.get_audio_features(input_features=_to_model(features, device, dtype), chunk_mask=_to_model(mask, device, dtype))
+            if frame_mask is not None:
+                frame_mask[slot, :count] = rows[i]["frame_mask"]
+        audio_inputs = {"input_features": _to_model(features, device, dtype), "chunk_mask": _to_model(mask, device, dtype)}
+        if frame_mask is not None:
+            audio_inputs["audio_attention_mask"] = _to_model(frame_mask, device, dtype)
+        out = model.get_audio_features(**audio_inputs)
         chunk_embeds, weights = getattr(out, "last_hidden_state", None), getattr(out, "chunk_weights", None)
         for slot, (i, count) in enumerate(zip(group, counts)):
             outputs[i] = {

@@ -149,9 +149,9 @@ class ClapChunkProcessor:
         chunks, counts = [], []
         for clip in clips:
             clip = np.asarray(clip, dtype=np.float32)
-            bounds = self.chunker.chunk_boundaries(clip)
-            chunks.extend(clip[start:end] for start, end in bounds)
-            counts.append(len(bounds))
+            packed = self.chunker.chunk_spans(clip)
+            chunks.extend(np.concatenate([clip[start:end] for start, end in spans]) for spans in packed)
+            counts.append(len(packed))
         features = self.feature_extractor(chunks, sampling_rate=sampling_rate, return_tensors="np")["input_features"]
         batch = np.zeros((len(clips), max(counts), *features.shape[1:]), dtype=np.float32)
         mask = np.zeros((len(clips), max(counts)), dtype=np.int64)

@@ -46,6 +46,8 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
         window_s: chunk length in seconds, the encoder's window (10 for HTSAT, 30 for Whisper).
         hop_length / n_fft: STFT hop and FFT size in samples.
         frequency_min / frequency_max: mel range in Hz (CLAP only; Whisper's is fixed at 0-8000 Hz).
+        truncation: CLAP only, the checkpoint's mode: `"rand_trunc"` (unfused HTSAT: slaney mel, 1 channel) or
+            `"fusion"` (fused HTSAT: htk mel, 4 channels); a chunk never exceeds the window, so nothing is cropped.
         silence_frame_s: length of the frames whose energy decides silence (20 ms).
         silence_threshold_db: a frame more than this many dB below the clip's loudest frame is silent (60).
         silence_floor_db: a frame below this absolute level in dBFS is silent (-80), e.g. digital silence.
@@ -67,6 +69,7 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
         n_fft=None,
         frequency_min=0.0,
         frequency_max=14_000.0,
+        truncation="rand_trunc",
         silence_frame_s=0.02,
         silence_threshold_db=60.0,
         silence_floor_db=-80.0,
@@ -90,6 +93,9 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
         self.n_fft = int(defaults["n_fft"] if n_fft is None else n_fft)
         self.frequency_min = float(frequency_min)
         self.frequency_max = float(frequency_max)
+        if truncation not in ("rand_trunc", "fusion"):
+            raise ValueError(f"truncation is {truncation!r}, expected 'rand_trunc' (unfused CLAP) or 'fusion' (fused CLAP)")
+        self.truncation = truncation
         self.silence_frame_s = float(silence_frame_s)
         self.silence_threshold_db = float(silence_threshold_db)
         self.silence_floor_db = float(silence_floor_db)
@@ -111,12 +117,12 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
         # An integral chunk_length keeps the backbone's sample counts integers.
         length_s = int(self.window_s) if self.window_s.is_integer() else self.window_s
         if self.backbone == "clap":
-            # rand_trunc only crops clips longer than the window, which a chunk never is: no randomness remains.
+            # Truncation only acts on clips longer than the window, which a chunk never is: no random crop remains.
             return _ClapChunkFeatures(
                 feature_size=self.feature_size, sampling_rate=self.sampling_rate, hop_length=self.hop_length,
                 max_length_s=length_s, fft_window_size=self.n_fft, padding_value=self.padding_value,
                 frequency_min=self.frequency_min, frequency_max=self.frequency_max,
-                truncation="rand_trunc", padding="repeatpad",
+                truncation=self.truncation, padding="repeatpad",
             )
         if window % self.hop_length:
             raise ValueError(
@@ -135,10 +141,16 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
 
     @property
     def chunk_feature_shape(self):
-        """Shape of one chunk's features: (1, frames, mels) for CLAP, (mels, frames) for Whisper."""
+        """Shape of one chunk's features: (1 or 4 with fusion, frames, mels) for CLAP, (mels, frames) for Whisper."""
         if self.backbone == "clap":
-            return (1, self.window_samples // self.hop_length + 1, self.feature_size)
+            return (4 if self.truncation == "fusion" else 1, self.window_samples // self.hop_length + 1, self.feature_size)
         return (self.feature_size, self.window_samples // self.hop_length)
+
+    @property
+    def frames_per_chunk(self):
+        """Feature frames in one chunk: the last axis of `audio_attention_mask`."""
+        shape = self.chunk_feature_shape
+        return shape[1] if self.backbone == "clap" else shape[-1]
 
     @classmethod
     def from_audio_config(cls, audio_config, **overrides):
@@ -180,14 +192,40 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
             f"audio_config has model_type {model_type!r}: pass a ClapAudioConfig, a WhisperConfig or an AtrConfig"
         )
 
+    @classmethod
+    def from_pretrained_backbone(cls, path, **overrides):
+        """Build the extractor from a CLAP or Whisper checkpoint's own preprocessor config (mel scale, range, rate, window)."""
+        from transformers import AutoFeatureExtractor
+
+        source = AutoFeatureExtractor.from_pretrained(path)
+        if isinstance(source, ClapFeatureExtractor):
+            kwargs = dict(
+                backbone="clap", sampling_rate=source.sampling_rate, feature_size=source.feature_size,
+                hop_length=source.hop_length, n_fft=source.fft_window_size, frequency_min=source.frequency_min,
+                frequency_max=source.frequency_max, window_s=source.nb_max_samples / source.sampling_rate,
+                truncation=source.truncation,
+            )
+        elif isinstance(source, WhisperFeatureExtractor):
+            kwargs = dict(
+                backbone="whisper", sampling_rate=source.sampling_rate, feature_size=source.feature_size,
+                hop_length=source.hop_length, n_fft=source.n_fft, window_s=source.n_samples / source.sampling_rate,
+            )
+        else:
+            raise ValueError(
+                f"audio backbone {path!r} has a {type(source).__name__}: expected a CLAP or Whisper feature extractor"
+            )
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
     def to_dict(self):
         """Serialisable attributes (the internal backbone extractor is rebuilt from them)."""
         output = super().to_dict()
         output.pop("_backbone_extractor", None)
         return output
 
-    def _to_mono_float(self, audio, index):
-        """Validate one clip and return it as 1-D float (int PCM scaled to [-1, 1], channels averaged)."""
+    @staticmethod
+    def to_mono_float(audio, index=0):
+        """Validate one clip and return it as 1-D float (int PCM scaled to [-1, 1], (channels, samples) averaged)."""
         audio = np.asarray(audio.detach().cpu() if hasattr(audio, "detach") else audio)
         if audio.dtype.kind == "i":
             audio = audio.astype(np.float32) / float(2 ** (8 * audio.dtype.itemsize - 1))
@@ -258,27 +296,51 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
             segments = np.array([[0, min(audio.size, self.window_samples)]])
         return segments
 
-    def chunk_boundaries(self, audio, index=0):
-        """Sample ranges (start, end) of the chunks of one mono clip: each kept segment cut into equal chunks <= window."""
+    def chunk_spans(self, audio, index=0):
+        """The chunks of one mono clip, each an (S, 2) array of the source sample spans (start, end) it holds, in order."""
         window = self.window_samples
-        bounds = []
+        chunks, current, filled = [], [], 0
         for start, end in self.split_on_silence(audio, index):
-            # Equal pieces rather than full windows plus a sliver: no near-empty chunk dominated by padding.
-            pieces = -(-(end - start) // window)
-            cuts = start + (np.arange(pieces + 1) * (end - start)) // pieces
-            bounds.extend(zip(cuts[:-1], cuts[1:]))
-        return np.asarray(bounds, dtype=np.int64)
+            length = int(end - start)
+            if length > window:
+                # Equal pieces rather than full windows plus a sliver: no near-empty chunk dominated by padding.
+                if current:
+                    chunks.append(current)
+                    current, filled = [], 0
+                pieces = -(-length // window)
+                cuts = start + (np.arange(pieces + 1) * length) // pieces
+                chunks.extend([(a, b)] for a, b in zip(cuts[:-1], cuts[1:]))
+                continue
+            # Short sounds are packed together, so compute follows the duration of sound, not the number of events.
+            if filled + length > window:
+                chunks.append(current)
+                current, filled = [], 0
+            current.append((start, end))
+            filled += length
+        if current:
+            chunks.append(current)
+        return [np.asarray(spans, dtype=np.int64) for spans in chunks]
 
     def _featurize(self, chunks):
-        """The backbone's features for a list of 1-D chunks, (N, *chunk_feature_shape) float32."""
-        out = []
+        """The backbone's features (N, *chunk_feature_shape) float32 and frame mask (N, frames) of a list of 1-D chunks."""
+        features, masks = [], []
         for i in range(0, len(chunks), self.feature_batch_size):
             batch = chunks[i : i + self.feature_batch_size]
-            features = self._backbone_extractor(
-                batch, sampling_rate=self.sampling_rate, max_length=self.window_samples
-            )["input_features"]
-            out.append(np.asarray(features, dtype=np.float32))
-        return np.concatenate(out)
+            if self.backbone == "clap":
+                # CLAP's fusion mode draws from numpy's global RNG even when no chunk is long: keep the caller's stream.
+                state = np.random.get_state()
+                out = self._backbone_extractor(batch, sampling_rate=self.sampling_rate, max_length=self.window_samples)
+                np.random.set_state(state)
+                # repeat-padding fills the window with the chunk's own sound: every frame is real
+                mask = np.ones((len(batch), self.frames_per_chunk), dtype=np.int64)
+            else:
+                out = self._backbone_extractor(
+                    batch, sampling_rate=self.sampling_rate, max_length=self.window_samples, return_attention_mask=True
+                )
+                mask = np.asarray(out["attention_mask"], dtype=np.int64)
+            features.append(np.asarray(out["input_features"], dtype=np.float32))
+            masks.append(mask)
+        return np.concatenate(features), np.concatenate(masks)
 
     def __call__(
         self,
@@ -290,13 +352,16 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
         generator=None,
     ):
         """
-        Chunk and featurise one clip (1-D array, or 2-D `(channels, samples)` mixed down to mono) or a list of clips.
+        Chunk and featurise one clip, a 2-D array of equal-length clips (a batch, as in transformers) or a list of clips.
 
-        Integer PCM (int16/int32) is scaled to [-1, 1]. `sampling_rate` is required and must equal the extractor's:
-        resample beforehand (the data pipeline does). Returns a `BatchFeature` with `input_features`
-        (B, C_max, *chunk_feature_shape), `chunk_mask` (B, C_max) int64 and `chunk_boundaries` (B, C_max, 2) seconds
-        (start, end) in the original clip; padding chunks are zeros. With `training=True` and `max_train_chunks`
-        set, clips with more chunks keep a random subset drawn from `generator` (a `np.random.Generator` or a seed).
+        A clip is a 1-D array; inside a list, a 2-D `(channels, samples)` clip is mixed down to mono. Integer PCM is
+        scaled to [-1, 1]. `sampling_rate` is required and must equal the extractor's: resample beforehand (the data
+        pipeline does). Returns a `BatchFeature` with `input_features` (B, C_max, *chunk_feature_shape), `chunk_mask`
+        (B, C_max) int64, `audio_attention_mask` (B, C_max, frames) int64 (which feature frames are real audio, not
+        padding) and `chunk_spans` (B, C_max, S_max, 2): the (start, end) seconds in the original clip of each of the
+        up to S_max stretches a chunk holds, -1 where unused; padding chunks are zeros. With `training=True` and
+        `max_train_chunks` set, clips with more chunks keep a random subset drawn from `generator` (a
+        `np.random.Generator` or a seed).
         """
         if sampling_rate is None:
             raise ValueError(
@@ -314,37 +379,43 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
         if training and cap is not None:
             rng = generator if isinstance(generator, np.random.Generator) else np.random.default_rng(generator)
 
-        chunks, owners, boundaries = [], [], []
+        chunks, spans = [], []
         for index, clip in enumerate(clips):
-            audio = self._to_mono_float(clip, index)
-            bounds = self.chunk_boundaries(audio, index)
-            if rng is not None and len(bounds) > cap:
-                bounds = bounds[np.sort(rng.choice(len(bounds), size=cap, replace=False))]
-            chunks.extend(audio[start:end] for start, end in bounds)
-            owners.extend([index] * len(bounds))
-            boundaries.append(bounds / self.sampling_rate)
+            audio = self.to_mono_float(clip, index)
+            clip_spans = self.chunk_spans(audio, index)
+            if rng is not None and len(clip_spans) > cap:
+                clip_spans = [clip_spans[i] for i in np.sort(rng.choice(len(clip_spans), size=cap, replace=False))]
+            chunks.extend(np.concatenate([audio[a:b] for a, b in chunk]) for chunk in clip_spans)
+            spans.append(clip_spans)
 
-        num_chunks = max(len(b) for b in boundaries)
-        features = np.zeros((len(clips), num_chunks, *self.chunk_feature_shape), dtype=np.float32)
+        num_chunks = max(len(s) for s in spans)
+        num_spans = max(len(chunk) for s in spans for chunk in s)
         chunk_mask = np.zeros((len(clips), num_chunks), dtype=np.int64)
-        chunk_seconds = np.zeros((len(clips), num_chunks, 2), dtype=np.float32)
-        for index, bounds in enumerate(boundaries):
-            chunk_mask[index, : len(bounds)] = 1
-            chunk_seconds[index, : len(bounds)] = bounds
-        features[chunk_mask.astype(bool)] = self._featurize(chunks)
-        data = {"input_features": features, "chunk_mask": chunk_mask, "chunk_boundaries": chunk_seconds}
+        chunk_seconds = np.full((len(clips), num_chunks, num_spans, 2), -1.0, dtype=np.float32)
+        for index, clip_spans in enumerate(spans):
+            chunk_mask[index, : len(clip_spans)] = 1
+            for c, chunk in enumerate(clip_spans):
+                chunk_seconds[index, c, : len(chunk)] = chunk / self.sampling_rate
+        real = chunk_mask.astype(bool)
+        chunk_features, chunk_frames = self._featurize(chunks)
+        features = np.zeros((len(clips), num_chunks, *self.chunk_feature_shape), dtype=np.float32)
+        frame_mask = np.zeros((len(clips), num_chunks, chunk_frames.shape[-1]), dtype=np.int64)
+        features[real], frame_mask[real] = chunk_features, chunk_frames
+        data = {"input_features": features, "chunk_mask": chunk_mask, "audio_attention_mask": frame_mask, "chunk_spans": chunk_seconds}
         return BatchFeature(data, tensor_type=return_tensors)
 
     @staticmethod
     def _as_clip_list(raw_audio):
-        """One clip or a list of clips, as a list of clips."""
+        """A list of clips from one clip, a list of clips or a 2-D numpy batch of equal-length clips."""
         if isinstance(raw_audio, (list, tuple)):
             if len(raw_audio) == 0:
                 raise ValueError("raw_audio is an empty list: pass at least one clip")
             if np.isscalar(raw_audio[0]):
                 return [np.asarray(raw_audio, dtype=np.float32)]
             return list(raw_audio)
-        return [raw_audio]
+        audio = raw_audio.detach().cpu().numpy() if hasattr(raw_audio, "detach") else np.asarray(raw_audio)
+        # transformers' convention: a 2-D array is a batch of clips; multichannel audio goes inside a list
+        return list(audio) if audio.ndim == 2 else [audio]
 
 
 __all__ = ["AtrFeatureExtractor"]

@@ -241,9 +241,11 @@ def _loss(config) -> str:
         f"     + {config.lambda_contrastive:g} * (CE(s * A T^T, diag) + CE(s * T A^T, diag)) / 2\n"
         "```\n\n"
         "A, T are the inference audio and text embeddings of a batch (symmetric InfoNCE, negatives gathered across"
-        " processes in distributed training); a~_i, t~_i are the L2-normalised pair embeddings refined by"
-        " cross-modal attention; s = min(exp(logit_scale), "
-        f"{config.logit_scale_max:g}), with logit_scale learned from {config.logit_scale_init_value:g}."
+        " processes in distributed training); a~_i, t~_i are the L2-normalised training-only pair embeddings of"
+        " bidirectional cross-modal attention: a~_i mixes only clip i's audio token values, the caption choosing where"
+        " to look, and t~_i only caption i's token values, the recording choosing where to look, so neither can copy"
+        f" the other. s = exp(logit_scale) starts at {config.logit_scale_init_value:.4g} (temperature"
+        f" {1 / config.logit_scale_init_value:.3g}) and is clamped to {config.logit_scale_max:g} after each step."
         " The cosine and L1 terms keep training stable at small batch sizes (down to 4)."
     )
 

@@ -8,13 +8,20 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, ClapAudioModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import ModelOutput
 
 from .configuration_atr import AtrConfig
+from .layers_atr import (
+    AUDIO_ADAPTERS,
+    AtrAttentionPooling,
+    AtrCrossModalAttention,
+    AtrTransformerProjection,
+    masked_max,
+    masked_mean,
+)
 
 
 @dataclass
@@ -45,139 +52,10 @@ class AtrAudioOutput(BaseModelOutputWithPooling):
     chunk_weights: torch.FloatTensor | None = None
 
 
-class ClapAudioAdapter(nn.Module):
-    """HTSAT (transformers `ClapAudioModel`): chunk features (N, 1, frames, mels) to tokens (N, F'*T', hidden)."""
-
-    def __init__(self, audio_config):
-        super().__init__()
-        self.encoder = ClapAudioModel(audio_config)
-        self.hidden_size = audio_config.hidden_size
-
-    def forward(self, features):
-        """Return the token sequence (N, L, H) and its mask (None: every token is real)."""
-        hidden = self.encoder(input_features=features).last_hidden_state  # (N, H, F', T'): a map, not a sequence
-        return hidden.flatten(2).transpose(1, 2), None
-
-    @staticmethod
-    def load_backbone(path, **kwargs):
-        """Load HTSAT weights from a `ClapModel` checkpoint (`ClapAudioModel.from_pretrained` would silently load none)."""
-        from transformers import ClapModel
-
-        return ClapModel.from_pretrained(path, **kwargs).audio_model
-
-
-class WhisperAudioAdapter(nn.Module):
-    """Whisper encoder: chunk features (N, mels, 2*max_source_positions) to tokens (N, max_source_positions, d_model)."""
-
-    def __init__(self, audio_config):
-        super().__init__()
-        self.encoder = WhisperEncoder(audio_config)
-        self.hidden_size = audio_config.d_model
-        self.expected_frames = 2 * audio_config.max_source_positions
-
-    def forward(self, features):
-        """Return the token sequence (N, L, H) and its mask (None: every token is real)."""
-        if features.shape[-1] != self.expected_frames:
-            raise ValueError(
-                f"input_features have {features.shape[-1]} frames per chunk, the Whisper encoder expects "
-                f"{self.expected_frames} (2 * max_source_positions): build the feature extractor with "
-                "AtrFeatureExtractor.from_audio_config(config.audio_config)"
-            )
-        return self.encoder(input_features=features).last_hidden_state, None
-
-    @staticmethod
-    def load_backbone(path, **kwargs):
-        """Load the encoder from a Whisper checkpoint (`WhisperEncoder.from_pretrained` would silently load none)."""
-        from transformers import WhisperModel
-
-        return WhisperModel.from_pretrained(path, **kwargs).get_encoder()
-
-
-# One adapter per audio backbone family: adding AST or wav2vec2 means adding an entry here, nothing else.
-AUDIO_ADAPTERS = {"clap_audio_model": ClapAudioAdapter, "whisper": WhisperAudioAdapter}
-
-
-class AtrTransformerProjection(nn.Module):
-    """The per-modality refinement: linear to the head width, transformer layers over the token sequence, then norm."""
-
-    def __init__(self, input_size, config: AtrConfig):
-        super().__init__()
-        self.input_projection = nn.Linear(input_size, config.head_hidden_size)
-        layer = nn.TransformerEncoderLayer(
-            config.head_hidden_size,
-            config.head_heads,
-            dim_feedforward=4 * config.head_hidden_size,
-            dropout=config.head_dropout,
-            activation="gelu",
-            batch_first=True,
-            norm_first=True,
-        )
-        # head_layers=0 leaves a linear projection (+ norm): the lightest head, for from-scratch CPU training.
-        self.layers = nn.TransformerEncoder(layer, config.head_layers, enable_nested_tensor=False) if config.head_layers else None
-        self.norm = nn.LayerNorm(config.head_hidden_size)
-
-    def forward(self, tokens, mask=None):
-        """Refine tokens (N, L, input_size) with mask (N, L) into (N, L, head_hidden_size)."""
-        hidden = self.input_projection(tokens)
-        if self.layers is not None:
-            hidden = self.layers(hidden, src_key_padding_mask=None if mask is None else ~mask.bool())
-        return self.norm(hidden)
-
-
-class AtrAttentionPooling(nn.Module):
-    """Attention pooling over chunk embeddings: a learned query at inference, the paired caption's embedding in training."""
-
-    def __init__(self, dim):
-        super().__init__()
-        self.query = nn.Parameter(torch.zeros(dim))
-        self.key = nn.Linear(dim, dim)
-
-    def forward(self, chunk_embeds, chunk_mask, query=None):
-        """Pool (B, C, D) chunk embeddings with mask (B, C); return pooled (B, D) and weights (B, C)."""
-        if query is None:
-            query = self.query.expand(chunk_embeds.shape[0], -1)
-        scores = (self.key(chunk_embeds) * query.unsqueeze(1)).sum(-1) / math.sqrt(chunk_embeds.shape[-1])
-        weights = scores.masked_fill(~chunk_mask.bool(), float("-inf")).softmax(dim=-1)
-        return (weights.unsqueeze(-1) * chunk_embeds).sum(1), weights
-
-
-def masked_mean(tokens, mask):
-    """Mean of tokens (N, L, H) over positions where mask (N, L) is set; all positions when mask is None."""
-    if mask is None:
-        return tokens.mean(1)
-    mask = mask.to(tokens.dtype).unsqueeze(-1)
-    return (tokens * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-
-
-def masked_max(tokens, mask):
-    """Max of tokens (N, L, H) over positions where mask (N, L) is set; all positions when mask is None."""
-    if mask is None:
-        return tokens.max(1).values
-    mask = mask.bool().unsqueeze(-1)
-    # A row with no real token (a padding chunk) gives 0, as masked_mean does, never the dtype's minimum.
-    return tokens.masked_fill(~mask, torch.finfo(tokens.dtype).min).max(1).values * mask.any(1)
-
-
-class _AllGatherWithGrad(torch.autograd.Function):
-    """all_gather whose backward sums the gradients of every process and returns this process's slice."""
-
-    @staticmethod
-    def forward(ctx, tensor):
-        gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(gathered, tensor.contiguous())
-        return torch.cat(gathered)
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
-        size = grad.shape[0] // dist.get_world_size()
-        rank = dist.get_rank()
-        return grad[rank * size : (rank + 1) * size]
-
-
 def gather_with_grad(tensor):
     """Concatenate `tensor` from every process along dim 0, keeping gradients; this process's rows stay local."""
+    from torch.distributed.nn.functional import all_gather
+
     sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, torch.tensor([tensor.shape[0]], device=tensor.device))
     if len({int(s) for s in sizes}) > 1:
@@ -185,7 +63,18 @@ def gather_with_grad(tensor):
             f"per-process batch sizes differ ({[int(s) for s in sizes]}): contrastive negatives can only be gathered "
             "from equal batches; set dataloader_drop_last=True"
         )
-    return _AllGatherWithGrad.apply(tensor)
+    return torch.cat(all_gather(tensor.contiguous()))
+
+
+def _check_transformers_kwargs(method, kwargs, output_attentions=None, output_hidden_states=None):
+    # transformers passes these flags to every model; anything else is a typo that would otherwise do nothing.
+    if kwargs:
+        raise TypeError(f"AtrModel.{method} got unexpected keyword arguments {sorted(kwargs)}")
+    if output_attentions or output_hidden_states:
+        raise ValueError(
+            f"AtrModel.{method} does not return attentions or hidden states: call get_audio_encoder_states / "
+            "get_text_encoder_states for the encoders' token states"
+        )
 
 
 class AtrPreTrainedModel(PreTrainedModel):
@@ -206,6 +95,7 @@ class AtrPreTrainedModel(PreTrainedModel):
         """Initialise the head; backbones keep their own initialisation (or pretrained weights)."""
         super()._init_weights(module)
         if isinstance(module, AtrModel):
+            # CLAP's convention: the config holds 1/temperature, the parameter its log.
             init.constant_(module.logit_scale, math.log(self.config.logit_scale_init_value))
         elif isinstance(module, AtrAttentionPooling):
             init.normal_(module.query, std=self.config.initializer_range)
@@ -226,11 +116,9 @@ class AtrModel(AtrPreTrainedModel):
         self.text_projection = nn.Linear(config.head_hidden_size, config.projection_dim)
         self.chunk_pooling = AtrAttentionPooling(config.projection_dim)
         if config.cross_modal_attention:
-            heads, width = config.cross_modal_heads, config.head_hidden_size
-            self.audio_to_text = nn.MultiheadAttention(width, heads, dropout=config.head_dropout, batch_first=True)
-            self.text_to_audio = nn.MultiheadAttention(width, heads, dropout=config.head_dropout, batch_first=True)
-            self.audio_cross_norm = nn.LayerNorm(width)
-            self.text_cross_norm = nn.LayerNorm(width)
+            # text_to_audio: the caption looks into the audio tokens; audio_to_text: the recording looks into the caption.
+            self.text_to_audio = AtrCrossModalAttention(config.projection_dim, config.cross_modal_heads)
+            self.audio_to_text = AtrCrossModalAttention(config.projection_dim, config.cross_modal_heads)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(config.logit_scale_init_value)))
         self.post_init()
         self._apply_freezing()
@@ -251,6 +139,12 @@ class AtrModel(AtrPreTrainedModel):
             if frozen:
                 encoder.eval()
         return self
+
+    @torch.no_grad()
+    def clamp_logit_scale_(self):
+        """Clamp the logit scale in place to [0, log(logit_scale_max)]; call after each optimizer step (AtrTrainer does)."""
+        # In place after the step, not in the forward pass, so the scale keeps its gradient right up to the cap.
+        self.logit_scale.clamp_(0, math.log(self.config.logit_scale_max))
 
     # ---- encoders -------------------------------------------------------------------------------------------
 
@@ -310,30 +204,35 @@ class AtrModel(AtrPreTrainedModel):
             return masked_mean(tokens, mask) + masked_max(tokens, mask)
         return masked_mean(tokens, mask)
 
-    def _encode_audio_chunks(self, chunks, keep_tokens=False, precomputed=False):
-        """Run real chunks (N, ...) through encoder and head in bounded mini-batches: chunk embeddings (N, D) [+ tokens].
+    def _encode_audio_chunks(self, chunks, frame_mask, keep_tokens=False, precomputed=False):
+        """Run real chunks (N, ...) through encoder and head in bounded mini-batches: chunk embeddings (N, D) [+ token values, mask].
 
-        With `precomputed=True` the chunks are already the encoder's token states (N, L, H), every token real.
+        With `precomputed=True` the chunks are already the encoder's token states (N, L, H).
         """
-        embeds, tokens, masks = [], [], []
-        for start in range(0, chunks.shape[0], self.config.audio_chunk_batch_size):
-            batch = chunks[start : start + self.config.audio_chunk_batch_size]
+        embeds, values, masks = [], [], []
+        step = self.config.audio_chunk_batch_size
+        for start in range(0, chunks.shape[0], step):
+            batch = chunks[start : start + step]
+            frames = None if frame_mask is None else frame_mask[start : start + step]
             if precomputed:
-                hidden, mask = batch, None
+                hidden, mask = batch, self.audio_model.token_mask(frames)
             else:
                 with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_audio_encoder):
-                    hidden, mask = self.audio_model(batch)
+                    hidden, mask = self.audio_model(batch, frames)
             refined = self.audio_head(hidden, mask)
             embeds.append(self.audio_projection(self._pool_audio_tokens(refined, mask)))
             if keep_tokens:
-                tokens.append(refined)
-                masks.append(torch.ones(refined.shape[:2], dtype=torch.bool, device=refined.device) if mask is None else mask.bool())
+                values.append(self.audio_projection(refined))
+                masks.append(torch.ones(refined.shape[:2], dtype=torch.bool, device=refined.device) if mask is None else mask)
         if keep_tokens:
-            return torch.cat(embeds), torch.cat(tokens), torch.cat(masks)
+            return torch.cat(embeds), torch.cat(values), torch.cat(masks)
         return torch.cat(embeds), None, None
 
-    def _audio_chunks(self, input_features, chunk_mask, keep_tokens=False, audio_hidden_states=None):
-        """Chunk embeddings (B, C, D) and mask (B, C) from chunked features (or encoder states); padding chunks are never encoded."""
+    def _audio_chunks(self, input_features, chunk_mask, audio_attention_mask=None, keep_tokens=False, audio_hidden_states=None):
+        """Chunk embeddings (B, C, D) and mask (B, C) from chunked features (or encoder states); padding chunks are never encoded.
+
+        With `keep_tokens`, also each real chunk's token values (N, L, D) in the shared space and their mask (N, L).
+        """
         precomputed = audio_hidden_states is not None
         if precomputed:
             self._check_precomputed("audio_hidden_states", self.config.freeze_audio_encoder)
@@ -354,18 +253,16 @@ class AtrModel(AtrPreTrainedModel):
         chunk_mask = chunk_mask.bool()
         if not chunk_mask.any(dim=1).all():
             raise ValueError("chunk_mask has a clip with no real chunk: every clip needs at least one chunk_mask=1 entry")
-        real = input_features[chunk_mask]
-        embeds, tokens, token_mask = self._encode_audio_chunks(real, keep_tokens, precomputed)
+        if audio_attention_mask is not None and tuple(audio_attention_mask.shape[:2]) != (batch, num_chunks):
+            raise ValueError(
+                f"audio_attention_mask has shape {tuple(audio_attention_mask.shape)}, expected ({batch}, {num_chunks}, "
+                "frames): pass the feature extractor's audio_attention_mask with its input_features"
+            )
+        frame_mask = None if audio_attention_mask is None else audio_attention_mask[chunk_mask]
+        embeds, values, token_mask = self._encode_audio_chunks(input_features[chunk_mask], frame_mask, keep_tokens, precomputed)
         chunk_embeds = embeds.new_zeros(batch, num_chunks, embeds.shape[-1])
         chunk_embeds[chunk_mask] = embeds
-        if not keep_tokens:
-            return chunk_embeds, chunk_mask, None, None
-        # Every chunk's tokens laid side by side per clip, for cross-modal attention over the whole recording.
-        seq = tokens.new_zeros(batch, num_chunks, *tokens.shape[1:])
-        seq[chunk_mask] = tokens
-        seq_mask = token_mask.new_zeros(batch, num_chunks, token_mask.shape[1])
-        seq_mask[chunk_mask] = token_mask
-        return chunk_embeds, chunk_mask, seq, seq_mask
+        return chunk_embeds, chunk_mask, values, token_mask
 
     # ---- public API -----------------------------------------------------------------------------------------
 
@@ -377,18 +274,33 @@ class AtrModel(AtrPreTrainedModel):
             got = f"both {raw_name} and {states_name}" if both else f"neither {raw_name} nor {states_name}"
             raise ValueError(f"got {got}: pass either {raw_name} or {states_name} (the frozen encoder's precomputed states), not {'both' if both else 'neither'}")
 
-    def get_text_features(self, input_ids=None, attention_mask=None, token_type_ids=None, text_hidden_states=None, **kwargs):
+    def get_text_features(
+        self, input_ids=None, attention_mask=None, token_type_ids=None, text_hidden_states=None, return_dict=None,
+        output_attentions=None, output_hidden_states=None, **kwargs,
+    ):
         """Embed captions (or precomputed text-encoder states): `pooler_output` is the L2-normalised (B, projection_dim) embedding."""
+        _check_transformers_kwargs("get_text_features", kwargs, output_attentions, output_hidden_states)
         self._one_of("input_ids", input_ids, "text_hidden_states", text_hidden_states)
         tokens, mask = self._encode_text_tokens(input_ids, attention_mask, token_type_ids, text_hidden_states)
-        return BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=F.normalize(self._pool_text(tokens, mask), dim=-1))
+        output = BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=F.normalize(self._pool_text(tokens, mask), dim=-1))
+        return output if return_dict is not False else output.to_tuple()
 
-    def get_audio_features(self, input_features=None, chunk_mask=None, audio_hidden_states=None, **kwargs):
-        """Embed chunked audio (or precomputed audio-encoder states): `pooler_output` is the L2-normalised (B, projection_dim) embedding."""
+    def get_audio_features(
+        self, input_features=None, chunk_mask=None, audio_attention_mask=None, chunk_spans=None, audio_hidden_states=None,
+        return_dict=None, output_attentions=None, output_hidden_states=None, **kwargs,
+    ):
+        """Embed chunked audio (or precomputed audio-encoder states): `pooler_output` is the L2-normalised (B, projection_dim) embedding.
+
+        `chunk_spans` (where each chunk came from in the recording) is accepted from the processor's output and not used.
+        """
+        _check_transformers_kwargs("get_audio_features", kwargs, output_attentions, output_hidden_states)
         self._one_of("input_features", input_features, "audio_hidden_states", audio_hidden_states)
-        chunk_embeds, chunk_mask, _, _ = self._audio_chunks(input_features, chunk_mask, audio_hidden_states=audio_hidden_states)
+        chunk_embeds, chunk_mask, _, _ = self._audio_chunks(
+            input_features, chunk_mask, audio_attention_mask, audio_hidden_states=audio_hidden_states
+        )
         pooled, weights = self.chunk_pooling(chunk_embeds, chunk_mask)
-        return AtrAudioOutput(last_hidden_state=chunk_embeds, pooler_output=F.normalize(pooled, dim=-1), chunk_weights=weights)
+        output = AtrAudioOutput(last_hidden_state=chunk_embeds, pooler_output=F.normalize(pooled, dim=-1), chunk_weights=weights)
+        return output if return_dict is not False else output.to_tuple()
 
     def forward(
         self,
@@ -397,9 +309,14 @@ class AtrModel(AtrPreTrainedModel):
         token_type_ids=None,
         input_features=None,
         chunk_mask=None,
+        audio_attention_mask=None,
+        chunk_spans=None,
         return_loss=None,
         audio_hidden_states=None,
         text_hidden_states=None,
+        return_dict=None,
+        output_attentions=None,
+        output_hidden_states=None,
         **kwargs,
     ) -> AtrOutput:
         r"""Embed audio and/or text; with `return_loss=True` and both modalities, also compute the hybrid loss.
@@ -407,14 +324,17 @@ class AtrModel(AtrPreTrainedModel):
         loss = lambda_cosine * mean_i(1 - cos(a~_i, t~_i)) + lambda_l1 * mean_{i,d} |a~_id - t~_id|
                + lambda_contrastive * (CE(s * A T^T, diag) + CE(s * T A^T, diag)) / 2
         where A, T are the L2-normalised inference embeddings (learned-query chunk pooling: no caption ever sees another
-        clip), s = min(exp(logit_scale), logit_scale_max), negatives are gathered across processes when distributed,
-        and a~_i, t~_i are the L2-normalised training-only pair embeddings: audio and text tokens refined by bidirectional
-        cross-modal attention (when enabled), the audio chunks pooled with the refined caption embedding as query.
+        clip), s = exp(logit_scale) (clamped to logit_scale_max after each optimizer step), negatives are gathered
+        across processes when distributed, and a~_i, t~_i are the L2-normalised training-only pair embeddings of
+        bidirectional cross-modal attention: a~_i mixes only audio token values of clip i, the caption deciding where
+        to look (in each chunk, then across chunks); t~_i mixes only caption i's token values, the recording's
+        embedding deciding where to look. Neither can copy the other modality, so the alignment terms align.
 
         `audio_hidden_states` (B, C, L, H) with `chunk_mask`, and `text_hidden_states` (B, T, H) with `attention_mask`,
         replace `input_features` / `input_ids` by the frozen encoders' precomputed outputs (`atr.cache`): only the
-        heads, attention, pooling and loss run.
+        heads, attention, pooling and loss run. `chunk_spans` is accepted from the processor's output and not used.
         """
+        _check_transformers_kwargs("forward", kwargs, output_attentions, output_hidden_states)
         self._one_of("input_features", input_features, "audio_hidden_states", audio_hidden_states, required=False)
         self._one_of("input_ids", input_ids, "text_hidden_states", text_hidden_states, required=False)
         has_text, has_audio = input_ids is not None or text_hidden_states is not None, input_features is not None or audio_hidden_states is not None
@@ -427,13 +347,13 @@ class AtrModel(AtrPreTrainedModel):
             text_tokens, text_mask = self._encode_text_tokens(input_ids, attention_mask, token_type_ids, text_hidden_states)
             text_embeds = F.normalize(self._pool_text(text_tokens, text_mask), dim=-1)
         if has_audio:
-            chunk_embeds, chunk_mask, audio_seq, audio_seq_mask = self._audio_chunks(
-                input_features, chunk_mask, keep_tokens=want_loss, audio_hidden_states=audio_hidden_states
+            chunk_embeds, chunk_mask, audio_values, audio_value_mask = self._audio_chunks(
+                input_features, chunk_mask, audio_attention_mask, keep_tokens=want_loss, audio_hidden_states=audio_hidden_states
             )
             pooled, chunk_weights = self.chunk_pooling(chunk_embeds, chunk_mask)
             audio_embeds = F.normalize(pooled, dim=-1)
         if text_embeds is not None and audio_embeds is not None:
-            scale = self.logit_scale.exp().clamp(max=self.config.logit_scale_max)
+            scale = self.logit_scale.exp()
             logits_per_audio = scale * audio_embeds @ text_embeds.t()
             logits_per_text = logits_per_audio.t()
         if want_loss:
@@ -442,7 +362,11 @@ class AtrModel(AtrPreTrainedModel):
                     f"return_loss=True needs paired inputs, got {audio_embeds.shape[0]} clips and "
                     f"{text_embeds.shape[0]} captions: pass one caption per clip"
                 )
-            pair_audio, pair_text = self._pair_embeddings(chunk_embeds, chunk_mask, audio_seq, audio_seq_mask, text_tokens, text_mask)
+            text_values = self.text_projection(text_tokens) if self.config.cross_modal_attention else None
+            pair_audio, pair_text = self.pair_embeddings(
+                chunk_embeds, chunk_mask, audio_values, audio_value_mask, text_values, text_mask, audio_embeds, text_embeds
+            )
+            pair_audio, pair_text = F.normalize(pair_audio, dim=-1), F.normalize(pair_text, dim=-1)
             loss_cosine = (1 - (pair_audio * pair_text).sum(-1)).mean()
             loss_l1 = (pair_audio - pair_text).abs().mean()
             loss_contrastive = self._contrastive_loss(audio_embeds, text_embeds, scale)
@@ -450,7 +374,7 @@ class AtrModel(AtrPreTrainedModel):
                 self.alignment_scale * (self.config.lambda_cosine * loss_cosine + self.config.lambda_l1 * loss_l1)
                 + self.config.lambda_contrastive * loss_contrastive
             )
-        return AtrOutput(
+        output = AtrOutput(
             loss=loss,
             logits_per_audio=logits_per_audio,
             logits_per_text=logits_per_text,
@@ -461,25 +385,28 @@ class AtrModel(AtrPreTrainedModel):
             loss_cosine=loss_cosine,
             loss_l1=loss_l1,
         )
+        return output if return_dict is not False else output.to_tuple()
 
     # ---- training-only parts --------------------------------------------------------------------------------
 
-    def _pair_embeddings(self, chunk_embeds, chunk_mask, audio_seq, audio_seq_mask, text_tokens, text_mask):
-        """L2-normalised pair embeddings for the alignment terms (cross-modal attention + caption-conditioned pooling)."""
-        if self.config.cross_modal_attention:
-            batch, num_chunks, length, width = audio_seq.shape
-            audio_flat, audio_flat_mask = audio_seq.reshape(batch, num_chunks * length, width), audio_seq_mask.reshape(batch, -1)
-            attended_audio, _ = self.audio_to_text(audio_flat, text_tokens, text_tokens, key_padding_mask=~text_mask.bool(), need_weights=False)
-            attended_text, _ = self.text_to_audio(text_tokens, audio_flat, audio_flat, key_padding_mask=~audio_flat_mask, need_weights=False)
-            refined_audio = self.audio_cross_norm(audio_flat + attended_audio).reshape(batch * num_chunks, length, width)
-            refined_text = self.text_cross_norm(text_tokens + attended_text)
-            chunk_embeds = self.audio_projection(self._pool_audio_tokens(refined_audio, audio_seq_mask.reshape(batch * num_chunks, length)))
-            chunk_embeds = chunk_embeds.reshape(batch, num_chunks, -1)
-            text_embeds = self._pool_text(refined_text, text_mask)
-        else:
-            text_embeds = self._pool_text(text_tokens, text_mask)
-        pooled, _ = self.chunk_pooling(chunk_embeds, chunk_mask, query=F.normalize(text_embeds, dim=-1))
-        return F.normalize(pooled, dim=-1), F.normalize(text_embeds, dim=-1)
+    def pair_embeddings(self, chunk_embeds, chunk_mask, audio_values, audio_value_mask, text_values, text_mask, audio_query, text_query):
+        """Training-only pair vectors (a~, t~), unnormalised: a~ built from audio values only, t~ from text values only.
+
+        `audio_values` (N, L, D) are the token values of the N real chunks (row-major over `chunk_mask` (B, C)),
+        `text_values` (B, T, D) the caption tokens'; the caption's embedding `text_query` (B, D) picks where a~ looks
+        (tokens within each chunk, then chunks), the recording's embedding `audio_query` (B, D) where t~ looks.
+        Without cross-modal attention: a~ pools the chunk embeddings with the caption as query, t~ is `text_query`.
+        """
+        if not self.config.cross_modal_attention:
+            pooled, _ = self.chunk_pooling(chunk_embeds, chunk_mask, query=text_query)
+            return pooled, text_query
+        owner = torch.arange(chunk_mask.shape[0], device=chunk_mask.device)[:, None].expand_as(chunk_mask)[chunk_mask]
+        attended = self.text_to_audio(text_query[owner], audio_values, audio_value_mask)
+        chunk_pairs = attended.new_zeros(*chunk_mask.shape, attended.shape[-1])
+        chunk_pairs[chunk_mask] = attended
+        pair_audio, _ = self.chunk_pooling(chunk_pairs, chunk_mask, query=text_query)
+        pair_text = self.audio_to_text(audio_query, text_values, text_mask)
+        return pair_audio, pair_text
 
     def _contrastive_loss(self, audio_embeds, text_embeds, scale):
         """Symmetric InfoNCE; in distributed training the negatives come from every process (local rows, global columns)."""
@@ -496,11 +423,13 @@ class AtrModel(AtrPreTrainedModel):
     # ---- pretrained backbones -------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained_backbones(cls, audio, text, audio_config_overrides=None, **config_overrides):
+    def from_pretrained_backbones(cls, audio, text, audio_config_overrides=None, return_processor=False, **config_overrides):
         """Build a model around pretrained encoders given by Hub id or local path (CLAP/HTSAT or Whisper; any text AutoModel).
 
         `audio_config_overrides` changes the audio config before loading, e.g. `{"max_source_positions": 500}` for
         10 s Whisper windows (the sinusoidal positions are re-created; conv and attention weights load unchanged).
+        With `return_processor=True`, returns `(model, processor)`: an `AtrProcessor` whose feature extractor follows
+        the audio checkpoint's own preprocessor config (mel scale, range, rate) and the text checkpoint's tokenizer.
         """
         audio_type = AutoConfig.from_pretrained(audio).model_type
         adapter_key = {"clap": "clap_audio_model", "whisper": "whisper"}.get(audio_type)
@@ -516,7 +445,18 @@ class AtrModel(AtrPreTrainedModel):
         model = cls(config)
         model.audio_model.encoder.load_state_dict(audio_encoder.state_dict())
         model.text_model.load_state_dict(text_encoder.state_dict())
-        return model
+        if not return_processor:
+            return model
+        from transformers import AutoTokenizer
+
+        from .feature_extraction_atr import AtrFeatureExtractor
+        from .processing_atr import AtrProcessor
+
+        extractor = AtrFeatureExtractor.from_pretrained_backbone(audio)
+        if adapter_key == "whisper":  # the window follows the (possibly overridden) number of encoder positions
+            frames = 2 * config.audio_config.max_source_positions
+            extractor = AtrFeatureExtractor.from_pretrained_backbone(audio, window_s=frames * extractor.hop_length / extractor.sampling_rate)
+        return model, AtrProcessor(extractor, AutoTokenizer.from_pretrained(text))
 
 
 __all__ = ["AtrModel", "AtrOutput", "AtrAudioOutput", "AtrPreTrainedModel"]

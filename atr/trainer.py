@@ -23,6 +23,16 @@ class _ResumeCollatorStreams(TrainerCallback):
         self.collator.resume_at(state.global_step * args.gradient_accumulation_steps)
 
 
+class _ClampLogitScale(TrainerCallback):
+    """After each optimizer step, clamp the model's logit scale to the configured cap (open_clip's convention)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer.accelerator.unwrap_model(self.trainer.model).clamp_logit_scale_()
+
+
 class AtrTrainer(Trainer):
     """Trainer whose loss is the model's hybrid loss; evaluation ranks the whole eval split (R@K, mAP@10, both directions)."""
 
@@ -35,8 +45,13 @@ class AtrTrainer(Trainer):
         self.card_kwargs = card_kwargs or {}
         self._term_sums = defaultdict(float)
         self._term_count = 0
+        self.add_callback(_ClampLogitScale(self))
         if hasattr(self.data_collator, "resume_at"):
             self.add_callback(_ResumeCollatorStreams(self.data_collator))
+
+    def get_decay_parameter_names(self, model):
+        """Trainer's choice minus the temperature and the learned pooling query: decaying them pulls them to 0."""
+        return [n for n in super().get_decay_parameter_names(model) if not n.endswith(("logit_scale", "chunk_pooling.query"))]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Hybrid loss from the model's forward; its terms are accumulated for logging."""

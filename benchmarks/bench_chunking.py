@@ -47,7 +47,7 @@ def run_stage(stage, minutes, repeat):
     if stage == "silence":
         work = lambda: fe.split_on_silence(audio)  # noqa: E731
     elif stage == "chunking":
-        work = lambda: fe.chunk_boundaries(audio)  # noqa: E731
+        work = lambda: fe.chunk_spans(audio)  # noqa: E731
     elif stage == "librosa":
         import librosa
 

@@ -63,7 +63,7 @@ def test_full_cache_gives_the_uncached_loss_with_chunk_sampling(setup, tmp_path)
     cached = collator(rows)
     uncached = AtrCollator(processor, training=True, augment=None, **kwargs)(rows)
     assert cached["audio_hidden_states"].shape[:2] == uncached["chunk_mask"].shape == (6, 1)
-    assert uncached["chunk_boundaries"].shape[1] == 1
+    assert uncached["chunk_spans"].shape[1] == 1
     assert loss_of(model, cached) == pytest.approx(loss_of(model, uncached), abs=1e-5)
     # Losses across several batches with chunk counts > 1 (no cap) also agree.
     for seed in (0, 1):

@@ -41,7 +41,8 @@ def test_clips_come_back_in_order_equal_to_one_at_a_time(model_and_processor):
         torch.testing.assert_close(embedded.embeds[i], out.pooler_output[0], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(embedded.chunk_embeds[i], out.last_hidden_state[0], atol=1e-5, rtol=1e-4)
         assert embedded.chunk_weights[i].shape == (CHUNK_COUNTS[i],)
-        np.testing.assert_allclose(embedded.chunk_boundaries[i], alone["chunk_boundaries"][0].numpy())
+        spans = alone["chunk_spans"][0].numpy()  # (C, S, 2), -1 where unused: each chunk's extent is first start to last end
+        np.testing.assert_allclose(embedded.chunk_boundaries[i], np.stack([spans[:, 0, 0], spans[:, :, 1].max(1)], axis=1))
 
 
 def test_clips_are_batched_with_similar_chunk_counts(model_and_processor, monkeypatch):
@@ -49,9 +50,9 @@ def test_clips_are_batched_with_similar_chunk_counts(model_and_processor, monkey
     shapes = []
     real = model.get_audio_features
 
-    def spy(input_features, chunk_mask):
+    def spy(input_features, chunk_mask, **kwargs):
         shapes.append(tuple(chunk_mask.shape))
-        return real(input_features, chunk_mask)
+        return real(input_features, chunk_mask, **kwargs)
 
     monkeypatch.setattr(model, "get_audio_features", spy)
     embed_clips(model, processor, iter(noise_clips([5, 1, 5, 1])), batch_size=2)  # a lazy iterable is fine

@@ -40,24 +40,24 @@ def fe():
 
 def test_long_silence_is_dropped_with_margins(fe):
     clip = np.concatenate([tone(3), silence(2), tone(3)])
-    bounds = seconds(fe.chunk_boundaries(clip))
+    bounds = seconds(fe.split_on_silence(clip))
     margin = fe.silence_margin_s
     assert bounds.shape == (2, 2)
     np.testing.assert_allclose(bounds, [[0, 3 + margin], [5 - margin, 8]], atol=FRAME_S)
     out = fe(clip, sampling_rate=SR)
-    assert out["chunk_mask"].tolist() == [[1, 1]]
-    np.testing.assert_allclose(out["chunk_boundaries"][0], [[0, 3 + margin], [5 - margin, 8]], atol=FRAME_S)
+    assert out["chunk_mask"].tolist() == [[1]]  # 6.2 s of sound fit one 10 s chunk, which lists both stretches
+    np.testing.assert_allclose(out["chunk_spans"][0, 0], [[0, 3 + margin], [5 - margin, 8]], atol=FRAME_S)
 
 
 def test_without_margin_boundaries_match_construction():
     fe = AtrFeatureExtractor(silence_margin_s=0.0)
     clip = np.concatenate([silence(1.5), tone(3), silence(2), tone(2.5), silence(1.2)])
-    np.testing.assert_allclose(seconds(fe.chunk_boundaries(clip)), [[1.5, 4.5], [6.5, 9.0]], atol=FRAME_S)
+    np.testing.assert_allclose(seconds(fe.split_on_silence(clip)), [[1.5, 4.5], [6.5, 9.0]], atol=FRAME_S)
 
 
 def test_short_pause_is_kept(fe):
     clip = np.concatenate([tone(3), silence(0.5), tone(3)])
-    np.testing.assert_allclose(seconds(fe.chunk_boundaries(clip)), [[0, 6.5]], atol=1e-9)
+    np.testing.assert_allclose(seconds(fe.split_on_silence(clip)), [[0, 6.5]], atol=1e-9)
 
 
 def test_noise_is_not_silence(fe):
@@ -66,7 +66,7 @@ def test_noise_is_not_silence(fe):
     signal = np.concatenate([silence(2.5), tone(3), silence(2.5)])
     noise_power = np.mean(tone(3) ** 2) / 10 ** (5 / 10)
     clip = (signal + rng.normal(0, np.sqrt(noise_power), signal.size)).astype(np.float32)
-    np.testing.assert_allclose(seconds(fe.chunk_boundaries(clip)), [[0, 8]], atol=1e-9)
+    np.testing.assert_allclose(seconds(fe.split_on_silence(clip)), [[0, 8]], atol=1e-9)
 
 
 def test_long_sound_is_cut_into_window_sized_chunks(fe):
@@ -74,7 +74,7 @@ def test_long_sound_is_cut_into_window_sized_chunks(fe):
     out = fe(clip, sampling_rate=SR)
     assert out["input_features"].shape == (1, 10, 1, 1001, 64)
     assert out["chunk_mask"].tolist() == [[1] * 10]
-    bounds = out["chunk_boundaries"][0].astype(np.float64)
+    bounds = out["chunk_spans"][0, :, 0].astype(np.float64)  # one stretch per chunk
     lengths = bounds[:, 1] - bounds[:, 0]
     assert (lengths <= 10 + 1e-6).all() and (lengths > 9).all()
     np.testing.assert_allclose(bounds[0, 0], 0)
@@ -115,7 +115,7 @@ def test_whisper_features_equal_whisper_feature_extractor():
 def test_all_silent_clip_keeps_one_chunk(fe):
     out = fe([silence(25), tone(1)], sampling_rate=SR)
     assert out["chunk_mask"].tolist() == [[1], [1]]
-    np.testing.assert_allclose(out["chunk_boundaries"][0, 0], [0, 10])
+    np.testing.assert_allclose(out["chunk_spans"][0, 0], [[0, 10]])
     assert np.isfinite(out["input_features"]).all()
 
 
@@ -149,9 +149,17 @@ def test_stereo_is_mixed_down(fe):
     left, right = tone(2, freq=440), tone(2, freq=660)
     stereo = np.stack([left, right])
     mono = (left + right) / 2
-    assert np.array_equal(fe(stereo, sampling_rate=SR)["input_features"], fe(mono, sampling_rate=SR)["input_features"])
+    assert np.array_equal(fe([stereo], sampling_rate=SR)["input_features"], fe(mono, sampling_rate=SR)["input_features"])
     with pytest.raises(ValueError, match=r"audio at index 0 has shape \(96000, 2\).*transpose"):
-        fe(stereo.T, sampling_rate=SR)
+        fe([stereo.T], sampling_rate=SR)
+
+
+def test_a_2d_array_is_a_batch_of_clips(fe):
+    """transformers' convention (ClapFeatureExtractor): a 2-D array holds equal-length clips, not channels."""
+    clips = np.stack([tone(2, freq=440), tone(2, freq=660), tone(2, freq=880)])
+    out = fe(clips, sampling_rate=SR)
+    assert out["chunk_mask"].shape == (3, 1)
+    assert np.array_equal(out["input_features"], fe(list(clips), sampling_rate=SR)["input_features"])
 
 
 def test_wrong_or_missing_sampling_rate(fe):
@@ -171,8 +179,9 @@ def test_mixed_lengths_up_to_an_hour():
     mask = out["chunk_mask"]
     assert mask.sum(axis=1).tolist() == [1, 60 * (3 + 3), 3]
     assert out["input_features"].shape == (3, 360, 80, 100)
-    assert not out["input_features"][0, 1:].any() and not out["chunk_boundaries"][0, 1:].any()  # padding is zeros
-    kept = np.diff(out["chunk_boundaries"][1], axis=1).sum()
+    assert not out["input_features"][0, 1:].any() and (out["chunk_spans"][0, 1:] == -1).all()  # padding chunks
+    spans = out["chunk_spans"][1].reshape(-1, 2)
+    kept = np.diff(spans[spans[:, 0] >= 0], axis=1).sum()
     # both silences lose all but a 0.1 s margin at each edge; the clip's final 2 s keep none
     np.testing.assert_allclose(kept, 60 * (53 + 4 * 0.1) - 2 * 0.1, atol=60 * 2 * FRAME_S)
 
@@ -191,9 +200,9 @@ def test_inference_is_deterministic(fe):
 def test_training_caps_chunks_with_a_seed():
     fe = AtrFeatureExtractor.from_audio_config(tiny_clap_audio_config(), max_train_chunks=3)
     clip = tone(95)
-    everything = fe(clip, sampling_rate=SR)["chunk_boundaries"][0]
+    everything = fe(clip, sampling_rate=SR)["chunk_spans"][0, :, 0]
     assert len(everything) == 10  # the cap applies to training only
-    draws = [fe(clip, sampling_rate=SR, training=True, generator=seed)["chunk_boundaries"][0] for seed in (0, 0, 1)]
+    draws = [fe(clip, sampling_rate=SR, training=True, generator=seed)["chunk_spans"][0, :, 0] for seed in (0, 0, 1)]
     assert draws[0].shape == (3, 2) and np.array_equal(draws[0], draws[1])
     assert not np.array_equal(draws[0], draws[2])
     assert all(any(np.array_equal(row, full) for full in everything) for row in draws[2])

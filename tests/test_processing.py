@@ -85,7 +85,7 @@ def test_long_caption_is_truncated_and_empty_caption_refused(processor):
 def test_batch_goes_straight_into_the_model(config, processor):
     model = AtrModel(config).eval()
     batch = processor(text=CAPTIONS, audio=[with_silences(), sound(4)], sampling_rate=SR, return_tensors="pt")
-    assert set(batch) >= {"input_ids", "attention_mask", "input_features", "chunk_mask", "chunk_boundaries"}
+    assert set(batch) >= {"input_ids", "attention_mask", "input_features", "chunk_mask", "audio_attention_mask", "chunk_spans"}
     with torch.no_grad():
         out = model(**batch)
     assert out.logits_per_audio.shape == (2, 2)
