@@ -26,13 +26,15 @@ SORT_WINDOW_BATCHES = 8
 class AudioEmbeddings:
     """Clip embeddings (N, D) and, per clip i, its chunk embeddings (C_i, D), chunk weights (C_i,) and boundaries (C_i, 2) s.
 
-    A list is None when the model (chunk embeddings, weights) or the processor (boundaries) does not give it.
+    `chunk_spans` (C_i, S_i, 2) holds every source stretch (start, end) s a chunk packs, -1 where unused.
+    A list is None when the model (chunk embeddings, weights) or the processor (boundaries, spans) does not give it.
     """
 
     embeds: torch.Tensor
     chunk_embeds: list[torch.Tensor] | None = None
     chunk_weights: list[torch.Tensor] | None = None
     chunk_boundaries: list[np.ndarray] | None = None
+    chunk_spans: list[np.ndarray] | None = None
 
 
 @dataclass
@@ -87,6 +89,7 @@ def _per_clip(inputs) -> list[dict]:
             # (C, S, 2) spans, -1 where unused: a chunk's extent runs from its first start to its last end
             clip_spans = np.asarray(spans[i], dtype=np.float32)[real[i]]
             row["boundaries"] = np.stack([clip_spans[:, 0, 0], clip_spans[:, :, 1].max(axis=1)], axis=1)
+            row["spans"] = clip_spans
         rows.append(row)
     return rows
 
@@ -126,6 +129,7 @@ def _embed_clip_rows(model, rows: list[dict], batch_size: int) -> list[dict]:
                 "chunk_embeds": None if chunk_embeds is None else torch.as_tensor(chunk_embeds[slot, :count]).float().cpu(),
                 "chunk_weights": None if weights is None else torch.as_tensor(weights[slot, :count]).float().cpu(),
                 "boundaries": rows[i].get("boundaries"),
+                "spans": rows[i].get("spans"),
             }
     return outputs
 
@@ -139,7 +143,10 @@ def _gather_audio(outputs: list[dict], dim: int | None = None) -> AudioEmbedding
         values = [o[key] for o in outputs]
         return None if any(v is None for v in values) else values
 
-    return AudioEmbeddings(torch.stack([o["embed"] for o in outputs]), listed("chunk_embeds"), listed("chunk_weights"), listed("boundaries"))
+    return AudioEmbeddings(
+        torch.stack([o["embed"] for o in outputs]), listed("chunk_embeds"), listed("chunk_weights"), listed("boundaries"),
+        listed("spans"),
+    )
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from atr import search
+from atr.search import index as search_index
 from atr.data import decode_audio
 from atr.search import AudioIndex, build_faiss_index, exact_search, faiss_search
 
@@ -170,7 +171,11 @@ def test_build_embeds_folder_and_search_ranks_by_similarity(tmp_path, model_and_
     index = AudioIndex.build(model, processor, audio_dir, tmp_path / "index", batch_size=2, shard_size=3, progress=False)
     expected_paths = sorted(str(p.resolve()) for p in audio_dir.rglob("*.*") if p.suffix in (".wav", ".flac"))
     assert index.items == expected_paths and len(index) == 5
+    assert index.names == ["a.wav", "b.flac", "c.wav", "e.wav", "sub/d.wav"]  # stored relative to the folder
     torch.testing.assert_close(index.embeddings, reference_embeddings(model, processor, expected_paths), atol=1e-5, rtol=1e-4)
+    # each chunk's own embedding is stored unit-length in float16
+    assert index.chunk_embeddings.dtype == torch.float16 and len(index.chunk_embeddings) == int(index.chunk_offsets[-1])
+    torch.testing.assert_close(index.chunk_embeddings.float().norm(dim=1), torch.ones(len(index.chunk_embeddings)), atol=2e-3, rtol=0)
 
     queries = ["a dog bark", "rain then a siren"]
     results = index.search(queries, k=3)
@@ -181,7 +186,9 @@ def test_build_embeds_folder_and_search_ranks_by_similarity(tmp_path, model_and_
         for hit in hits:
             assert hit.path == expected_paths[hit.index]
             assert hit.score == pytest.approx(scores[hit.index], abs=1e-5)
-            assert 0.0 <= hit.start < hit.end <= 3.0  # best chunk's span, inside the recording
+            assert 0.0 <= hit.start < hit.end <= 3.0  # the matched chunk's span, inside the recording
+            first, last = index.chunk_offsets[hit.index], index.chunk_offsets[hit.index + 1]
+            assert hit.chunk_score == pytest.approx(float((index.chunk_embeddings[first:last].float() @ query_embed).max()), abs=1e-5)
     assert [h.index for h in index.search("a dog bark", k=3)] == [h.index for h in results[0]]
 
 
@@ -189,7 +196,7 @@ def test_interrupted_build_resumes_from_last_finished_shard(tmp_path, model_and_
     model, processor = model_and_processor
     out = tmp_path / "index"
     calls = []
-    real_load = search.decode_audio
+    real_load = search_index.decode_audio
 
     def load_then_stop(source, rate):
         calls.append(source)
@@ -197,22 +204,22 @@ def test_interrupted_build_resumes_from_last_finished_shard(tmp_path, model_and_
             raise KeyboardInterrupt
         return real_load(source, rate)
 
-    monkeypatch.setattr(search, "decode_audio", load_then_stop)
+    monkeypatch.setattr(search_index, "decode_audio", load_then_stop)
     with pytest.raises(KeyboardInterrupt):
         AudioIndex.build(model, processor, audio_dir, out, batch_size=1, shard_size=2, progress=False)
-    assert sorted(p.name for p in out.glob("shard-*")) == ["shard-00000.safetensors"]  # no half-written shard
+    assert len(list(out.glob("shard-*.safetensors"))) == 1 and not list(out.glob("*.tmp"))  # no half-written shard
     with pytest.raises(ValueError, match="incomplete .*run AudioIndex.build .* again"):
         AudioIndex.load(out, model, processor)
 
     calls.clear()
-    monkeypatch.setattr(search, "decode_audio", lambda s, r: calls.append(s) or real_load(s, r))
+    monkeypatch.setattr(search_index, "decode_audio", lambda s, r: calls.append(s) or real_load(s, r))
     resumed = AudioIndex.build(model, processor, audio_dir, out, batch_size=1, shard_size=2, progress=False)
-    assert [c.rsplit("/", 1)[-1] for c in calls] == ["c.wav", "e.wav", "d.wav"]  # only shards 1 and 2
+    assert [c.rsplit("/", 1)[-1] for c in calls] == ["c.wav", "e.wav", "d.wav"]  # only what the first run did not finish
     torch.testing.assert_close(resumed.embeddings, reference_embeddings(model, processor, resumed.items), atol=1e-5, rtol=1e-4)
 
     calls.clear()
-    AudioIndex.build(model, processor, audio_dir, out, batch_size=1, shard_size=2, progress=False)
-    assert calls == []  # a finished index is reused as it is
+    again = AudioIndex.build(model, processor, audio_dir, out, batch_size=1, shard_size=2, progress=False)
+    assert calls == [] and again.last_update["embedded"] == []  # a finished index is reused as it is
 
 
 def test_index_built_with_another_model_is_refused(tmp_path, model_and_processor, audio_dir):
@@ -229,19 +236,16 @@ def test_index_built_with_another_model_is_refused(tmp_path, model_and_processor
         AudioIndex.build(other, processor, audio_dir, out, progress=False)
     rebuilt = AudioIndex.build(other, processor, audio_dir, out, overwrite=True, progress=False)
     torch.testing.assert_close(rebuilt.embeddings, reference_embeddings(other, processor, rebuilt.items), atol=1e-5, rtol=1e-4)
+    assert len(list(out.glob("shard-*.safetensors"))) == 1  # the other model's shards are gone
 
 
-def test_index_of_other_recordings_is_refused_and_missing_index_explained(tmp_path, model_and_processor, audio_dir):
+def test_missing_index_and_empty_folder_explained(tmp_path, model_and_processor):
     model, processor = model_and_processor
-    out = tmp_path / "index"
-    files = sorted(str(p) for p in audio_dir.rglob("*.wav"))
-    AudioIndex.build(model, processor, files[:2], out, progress=False)
-    with pytest.raises(ValueError, match="lists 2 other recordings than the 4 given"):
-        AudioIndex.build(model, processor, files, out, progress=False)
     with pytest.raises(FileNotFoundError, match="no index at .*AudioIndex.build"):
         AudioIndex.load(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="folder .* has no audio files"):
-        AudioIndex.build(model, processor, tmp_path / "index", tmp_path / "x", progress=False)
+        AudioIndex.build(model, processor, tmp_path / "empty", tmp_path / "x", progress=False)
 
 
 def test_dataset_source_gives_the_folder_embeddings(tmp_path, model_and_processor, audio_dir):
@@ -262,7 +266,7 @@ def test_faiss_backends_through_the_index(tmp_path, model_and_processor, audio_d
     exact = index.search(["a dog bark", "bell"], k=5)
     flat = index.search(["a dog bark", "bell"], k=5, backend="flat")
     assert [[h.index for h in q] for q in flat] == [[h.index for h in q] for q in exact]
-    assert (tmp_path / "index" / "faiss-flat.index").exists()  # saved for the next session
+    assert len(list((tmp_path / "index").glob("faiss-flat-*.index"))) == 1  # saved for the next session
     reopened = AudioIndex.load(tmp_path / "index", model, processor)
     assert [h.index for h in reopened.search("bell", k=5, backend="flat")] == [h.index for h in exact[1]]
     with pytest.raises(ValueError, match="backend is 'annoy', expected one of"):
@@ -275,12 +279,14 @@ def test_cli_builds_once_then_answers_from_the_stored_index(tmp_path, model_dir,
     assert search.main(argv + ["--model", str(model_dir)]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["query"], r["rank"]) for r in lines] == [("a dog bark", 1), ("a dog bark", 2), ("bell", 1), ("bell", 2)]
-    assert all(r["path"].endswith((".wav", ".flac")) and r["start"] is not None for r in lines)
+    assert all(r["path"].endswith((".wav", ".flac")) and r["start"] is not None and r["spans"] for r in lines)
 
-    # Second run: no --model (taken from the manifest) and nothing re-embedded.
-    monkeypatch.setattr(search, "decode_audio", lambda *a: pytest.fail("a finished index was re-embedded"))
+    # Second run: no --model (taken from the manifest, and said so) and nothing re-embedded.
+    monkeypatch.setattr(search_index, "decode_audio", lambda *a: pytest.fail("a finished index was re-embedded"))
     assert search.main(argv) == 0
-    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == lines
+    captured = capsys.readouterr()
+    assert [json.loads(line) for line in captured.out.splitlines()] == lines
+    assert "using the model recorded in" in captured.err
 
 
 def test_python_dash_m_entry_point(tmp_path, model_dir, audio_dir):

@@ -1,0 +1,168 @@
+"""`atr-search`: search a folder by text or example (`atr-search QUERY --audio-dir DIR`), or `build`, `serve`, `space`.
+
+    atr-search "a dog barks" --audio-dir recordings/ --model M [-k 10] [--chunks] [--json]
+    atr-search --query-audio clip.wav --audio-dir recordings/ --model M
+    atr-search build --audio-dir recordings/ --model M [--skip_bad_audio]
+    atr-search serve --index-dir recordings/.atr-index [--model M] [--port 7860]
+    atr-search space OUT_DIR --model REPO [--audio-dir DIR]
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from .backends import BACKENDS
+from .index import AudioIndex, _read_manifest
+
+COMMANDS = ("build", "serve", "space")
+
+
+def load_model(model_id, trust_remote_code=False, device="cpu"):
+    """Model and processor of a folder, Hub id or ONNX export; remote code runs only with `trust_remote_code=True`."""
+    from transformers import AutoModel, AutoProcessor
+
+    from ..onnx import AtrOnnxModel, is_onnx_export
+
+    try:
+        if is_onnx_export(model_id):  # a `python -m atr.export onnx` folder: ONNX Runtime on the CPU
+            model = AtrOnnxModel.from_pretrained(model_id)
+        else:
+            model = AutoModel.from_pretrained(model_id, trust_remote_code=trust_remote_code).to(device)
+        processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=trust_remote_code)
+    except ValueError as error:
+        if "trust_remote_code" not in str(error) or trust_remote_code:
+            raise
+        raise ValueError(
+            f"model {model_id!r} is not an atr model and needs its own code from the repository to load; it was not run. "
+            "Pass --trust_remote_code (trust_remote_code=True) only if you trust that code"
+        ) from error
+    return model, processor
+
+
+def resolve_model_id(model_id, index_dir):
+    """--model, or the id the index recorded (said on stderr; it is loaded without remote code unless the user allows it)."""
+    if model_id is not None:
+        return model_id
+    previous = _read_manifest(index_dir) if Path(index_dir).exists() else None
+    if previous is None or not previous["model"]:
+        raise SystemExit(f"atr-search: --model is required: no index with a recorded model at {str(index_dir)!r}")
+    print(f"atr-search: using the model recorded in {str(Path(index_dir) / 'manifest.json')!r}: {previous['model']!r} "
+          "(pass --model to choose another)", file=sys.stderr)
+    return previous["model"]
+
+
+def _common(parser, index_required=False):
+    parser.add_argument("--model", help="model folder, Hub id or ONNX export folder; default: the one the index records")
+    parser.add_argument("--trust_remote_code", action="store_true",
+                        help="allow a model that is not an atr model to run its repository's code (off by default)")
+    parser.add_argument("--index-dir", required=index_required, help="where embeddings are stored; default: <audio-dir>/.atr-index")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _build_options(parser):
+    parser.add_argument("--audio-dir", required=True, help="folder of audio files (searched recursively, hidden files ignored)")
+    parser.add_argument("--batch-size", type=int, default=8, help="recordings embedded at once")
+    parser.add_argument("--skip_bad_audio", action="store_true", help="leave unreadable files out (listed in the manifest) instead of stopping")
+    parser.add_argument("--overwrite", action="store_true", help="rebuild the index even if it was made with another model")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def search_parser():
+    """The parser of `atr-search QUERY ... --audio-dir DIR`."""
+    parser = argparse.ArgumentParser(
+        prog="atr-search", epilog="Other commands: atr-search build | serve | space (each with --help).",
+        description="Find the recordings in a folder that match a sentence or sound like a clip (embeds new or changed files only).",
+    )
+    parser.add_argument("queries", nargs="*", help="text queries, e.g. 'a dog barks in the rain'")
+    parser.add_argument("--query-audio", action="append", default=[], help="an audio file: find recordings that sound like it (repeatable)")
+    _build_options(parser)
+    _common(parser)
+    parser.add_argument("-k", "--top-k", type=int, default=10, help="results per query (default 10)")
+    parser.add_argument("--chunks", action="store_true", help="rank chunks, not recordings: a long recording can appear at several times")
+    parser.add_argument("--backend", choices=BACKENDS, default="exact", help="exact (default) or a FAISS index: flat, pq, hnsw")
+    parser.add_argument("--json", action="store_true", help="print results as JSON lines")
+    return parser
+
+
+def _open_index(args):
+    """Load the model and bring the folder's index up to date; report what changed and what was skipped."""
+    index_dir = Path(args.index_dir) if args.index_dir else Path(args.audio_dir) / ".atr-index"
+    model, processor = load_model(resolve_model_id(args.model, index_dir), args.trust_remote_code, args.device)
+    index = AudioIndex.update(model, processor, args.audio_dir, index_dir, batch_size=args.batch_size,
+                              overwrite=args.overwrite, skip_bad_audio=args.skip_bad_audio, progress=not args.quiet)
+    report = index.last_update
+    if report["embedded"] or report["removed"]:
+        print(f"atr-search: embedded {len(report['embedded'])}, kept {report['kept']}, removed {len(report['removed'])}", file=sys.stderr)
+    for item in index.skipped:
+        print(f"atr-search: skipped {item['name']}: {item['error']}", file=sys.stderr)
+    return index
+
+
+def print_hits(query, hits, as_json):
+    """One line per hit: query, rank, score, path and the matched chunk's span (or a JSON object)."""
+    for rank, hit in enumerate(hits, 1):
+        if as_json:
+            print(json.dumps({"query": query, "rank": rank, **hit.__dict__}))
+        else:
+            print(f"{query}\t{rank}\t{hit.score:.4f}\t{hit.path}  [{hit.start:.1f}-{hit.end:.1f} s]")
+
+
+def _search(argv):
+    parser = search_parser()
+    args = parser.parse_args(argv)
+    if not args.queries and not args.query_audio:
+        parser.error("give a text query or --query-audio FILE")
+    index = _open_index(args)
+    options = dict(k=args.top_k, backend=args.backend, chunks=args.chunks)
+    if args.queries:
+        for query, hits in zip(args.queries, index.search(args.queries, **options)):
+            print_hits(query, hits, args.json)
+    if args.query_audio:
+        for clip, hits in zip(args.query_audio, index.search_audio(list(args.query_audio), **options)):
+            print_hits(clip, hits, args.json)
+    return 0
+
+
+def _build(argv):
+    parser = argparse.ArgumentParser(prog="atr-search build", description="Embed a folder, or bring its index up to date.")
+    _build_options(parser)
+    _common(parser)
+    index = _open_index(parser.parse_args(argv))
+    print(f"atr-search: {len(index)} recordings indexed in {str(index.out_dir)!r}", file=sys.stderr)
+    return 0
+
+
+def _serve(argv):
+    parser = argparse.ArgumentParser(prog="atr-search serve", description="A local web page to search an index and listen to hits.")
+    _common(parser, index_required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7860)
+    args = parser.parse_args(argv)
+    from .app import serve
+
+    model, processor = load_model(resolve_model_id(args.model, args.index_dir), args.trust_remote_code, args.device)
+    serve(AudioIndex.load(args.index_dir, model, processor), host=args.host, port=args.port)
+    return 0
+
+
+def _space(argv):
+    parser = argparse.ArgumentParser(prog="atr-search space", description="Write a Gradio Space that serves the search page for a model.")
+    parser.add_argument("out_dir", help="folder to write the Space into (must be empty or new)")
+    parser.add_argument("--model", required=True, help="the model's Hub id (the Space loads it) or a local folder")
+    parser.add_argument("--audio-dir", help="recordings for the example index (default: a few synthetic scenes)")
+    parser.add_argument("--trust_remote_code", action="store_true", help="allow a model that is not an atr model to run its code")
+    args = parser.parse_args(argv)
+    from .space import write_space
+
+    print(f"atr-search: wrote a Space to {str(write_space(args.out_dir, args.model, args.audio_dir, args.trust_remote_code))!r}", file=sys.stderr)
+    return 0
+
+
+def main(argv=None):
+    """Console entry point `atr-search`: the first word picks build / serve / space; otherwise search by text or example."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = {"build": _build, "serve": _serve, "space": _space}.get(argv[0] if argv else None, None)
+    return command(argv[1:]) if command else _search(argv)
