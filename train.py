@@ -251,7 +251,7 @@ def cached_training_data(model, processor, dataset, data_args, training_args, co
                 model, processor, dataset, num_views=data_args.cache_num_views, seed=training_args.seed,
                 augment=make_noise_augmentation(p=1.0, **noise) if noisy else None, noise_settings=noise, **cache_kwargs,
             )
-    rows = dataset.add_column("clip_index", list(range(len(dataset))))
+    rows = dataset
     if audio_cache is not None:  # the audio column is never read again: keep the DataLoader off it
         rows = rows.select_columns([c for c in ("clip_index", "captions", training_args.length_column_name) if c in rows.column_names])
     collator = CachedCollator(processor, text_cache=text_cache, audio_cache=audio_cache, noise_probability=data_args.noise_probability, **collator_kwargs)
@@ -312,11 +312,16 @@ def main(argv=None):
         p=data_args.noise_probability, min_snr_db=data_args.noise_min_snr_db, max_snr_db=data_args.noise_max_snr_db,
         background_dir=data_args.background_noise_dir,
     )
-    collator_kwargs = dict(
-        augment=augment, seed=training_args.seed, rank=training_args.process_index, world_size=training_args.world_size,
-        processor_kwargs={"max_train_chunks": data_args.max_train_chunks},
-    )
+    if training_args.dataloader_persistent_workers and training_args.dataloader_num_workers > 0:
+        raise ValueError("--dataloader_persistent_workers keeps epoch 1's copy of the collator in each worker, so every "
+                         "epoch would draw epoch 1's captions and noise: drop the flag (workers restart each epoch)")
+    collator_kwargs = dict(augment=augment, seed=training_args.seed, processor_kwargs={"max_train_chunks": data_args.max_train_chunks})
     train_dataset = splits["train"]
+    # per-row random draws are keyed by (seed, epoch, clip_index); a streamed row's index is its place in the stream
+    if data_args.streaming:
+        train_dataset = train_dataset.map(lambda row, index: {"clip_index": index}, with_indices=True)
+    else:
+        train_dataset = train_dataset.add_column("clip_index", list(range(len(train_dataset))))
     if training_args.train_sampling_strategy == "group_by_length" and not data_args.streaming:
         lengths = estimated_chunk_counts(train_dataset, processor.feature_extractor.window_s)
         train_dataset = train_dataset.add_column(training_args.length_column_name, lengths)

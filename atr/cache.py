@@ -207,8 +207,8 @@ class CachedCollator(AtrCollator):
     """AtrCollator that takes the frozen encoders' states from the caches instead of running the encoders.
 
     Rows need `clip_index` (the clip's row in the dataset the caches were built from) and `captions`; `audio` too when
-    there is no audio cache. The caption of each clip is drawn exactly as `AtrCollator` draws it (same seeded
-    per-batch streams, so resuming and multi-process runs behave the same). With an audio cache, a clip uses a
+    there is no audio cache. The caption of each clip is drawn exactly as `AtrCollator` draws it (the same stream per
+    (seed, epoch, clip_index), so resuming and multi-process runs behave the same). With an audio cache, a clip uses a
     noisy view (1..K, uniformly) with probability `noise_probability`, else the clean view 0; without one, audio is
     decoded, augmented and featurised as `AtrCollator` does. Evaluation is not cached: use `AtrCollator` for it.
     """
@@ -249,9 +249,7 @@ class CachedCollator(AtrCollator):
         """Collates a list of training rows into one batch of cached encoder states (and raw inputs where not cached)."""
         if not rows:
             raise ValueError("CachedCollator got an empty list of rows: the DataLoader produced an empty batch")
-        if "clip_index" not in rows[0]:
-            raise ValueError("CachedCollator rows need a clip_index column: the row number in the dataset the cache was built from")
-        seeds = self._row_seeds(len(rows))
+        seeds = self._row_seeds(rows)
         clips = [int(row["clip_index"]) for row in rows]
         choices = [int(seed % len(row["captions"])) for row, seed in zip(rows, seeds)]
         generator = np.random.default_rng([self.seed, int(seeds[0])])

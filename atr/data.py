@@ -373,41 +373,37 @@ def make_noise_augmentation(p: float = 0.5, min_snr_db: float = 5.0, max_snr_db:
 class AtrCollator:
     """Rows with `audio` and `captions` -> model inputs: decode, resample, augment (training) and run the processor.
 
-    Training: one caption per clip and the noise of each clip come from a stream seeded by (seed, global batch
-    index), of which each of `world_size` processes takes its own slice; so the draws do not depend on the number of
-    processes, and a run resumed at batch k (`start_batch`) draws exactly what the uninterrupted run drew.
+    Training: one caption per clip, its noise and its chunk draw come from a stream seeded by (seed, epoch, the row's
+    `clip_index`: its index in the training set), so the draws depend neither on the number of processes or
+    DataLoader workers nor on batch order, and a resumed run draws exactly what the uninterrupted run drew. The
+    Trainer sets the epoch (`set_epoch`) before each epoch's workers start.
     Evaluation: every caption of every clip plus `caption_to_audio` (the clip index of each caption).
     """
 
     def __init__(self, processor, training: bool = True, seed: int = 0, augment: Callable | None = None,
-                 processor_kwargs: dict | None = None, rank: int = 0, world_size: int = 1):
+                 processor_kwargs: dict | None = None):
         self.processor = processor
         self.training = training
         self.seed = seed
         self.augment = augment
         self.processor_kwargs = dict(processor_kwargs or {})
-        self.rank, self.world_size = rank, world_size
-        self.start_batch = 0
-        self._batches_seen = 0
+        self.epoch = 0
 
     @property
     def sampling_rate(self) -> int:
         """The audio backbone's sampling rate, from the processor's feature extractor."""
         return self.processor.feature_extractor.sampling_rate
 
-    def resume_at(self, batch_index: int):
-        """Continue the random streams at global batch `batch_index` (the batches a resumed run skips)."""
-        self.start_batch, self._batches_seen = int(batch_index), 0
+    def set_epoch(self, epoch: int):
+        """Draw this epoch's captions, noise and chunks (DataLoader workers copy the collator when an epoch starts)."""
+        self.epoch = int(epoch)
 
-    def _row_seeds(self, batch_size: int) -> np.ndarray:
-        """This process's slice of the current global batch's seeds, one per row."""
-        info = torch.utils.data.get_worker_info()
-        # DataLoader workers take batches round-robin: worker w of W collates batches w, w + W, ...
-        workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
-        batch_index = self.start_batch + self._batches_seen * workers + worker
-        self._batches_seen += 1
-        seeds = np.random.default_rng([self.seed, batch_index]).integers(0, 2**32, size=self.world_size * batch_size)
-        return seeds[self.rank * batch_size : (self.rank + 1) * batch_size]
+    def _row_seeds(self, rows: list[dict]) -> list[int]:
+        """One seed per row from (seed, epoch, clip_index): the same wherever and whenever the row is collated."""
+        if "clip_index" not in rows[0]:
+            raise ValueError("training rows need a clip_index column (each row's index in the training set): "
+                             "dataset.add_column('clip_index', list(range(len(dataset))))")
+        return [int(np.random.default_rng([self.seed, self.epoch, int(row["clip_index"])]).integers(0, 2**32)) for row in rows]
 
     def _augment(self, wave: np.ndarray, seed: int) -> np.ndarray:
         """Apply the augmentation with the global RNGs audiomentations reads seeded per row, then restore them."""
@@ -431,7 +427,7 @@ class AtrCollator:
                 raise ValueError(f"row {index} of the batch ({_audio_name(row['audio'])}) has no captions")
         options = dict(self.processor_kwargs)
         if self.training:
-            seeds = self._row_seeds(len(rows))
+            seeds = self._row_seeds(rows)
             if self.augment is not None:
                 waves = [self._augment(wave, seed) for wave, seed in zip(waves, seeds)]
             texts = [row["captions"][int(seed % len(row["captions"]))] for row, seed in zip(rows, seeds)]

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from accelerate.utils import gather_object
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .embedding import embed_dataset
 from .metrics import audio_text_retrieval_metrics
@@ -13,14 +14,32 @@ from .metrics import audio_text_retrieval_metrics
 LOSS_TERMS = ("loss_contrastive", "loss_cosine", "loss_l1")
 
 
-class _ResumeCollatorStreams(TrainerCallback):
-    """On (re)start, move the training collator's random streams to the first batch this run will collate."""
+class _CollatorEpoch(TrainerCallback):
+    """Tell the training collator the epoch before its DataLoader workers copy it (also the resumed one's)."""
 
     def __init__(self, collator):
         self.collator = collator
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.collator.resume_at(state.global_step * args.gradient_accumulation_steps)
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # state.epoch is whole at an epoch's start and epoch + fraction in a resumed checkpoint's state
+        self.collator.set_epoch(int(state.epoch))
+
+
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """transformers' LengthGroupedSampler with the order drawn from (seed, epoch), so a resumed epoch has the same batches."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
+        self.seed, self.epoch = int(seed), 0
+
+    def set_epoch(self, epoch: int):
+        """Called by Trainer / accelerate before each epoch."""
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        # seed + epoch, as accelerate's SeedableRandomSampler does for the default shuffled order
+        self.generator.manual_seed(self.seed + self.epoch)
+        return super().__iter__()
 
 
 class _ClampLogitScale(TrainerCallback):
@@ -46,8 +65,16 @@ class AtrTrainer(Trainer):
         self._term_sums = defaultdict(float)
         self._term_count = 0
         self.add_callback(_ClampLogitScale(self))
-        if hasattr(self.data_collator, "resume_at"):
-            self.add_callback(_ResumeCollatorStreams(self.data_collator))
+        if hasattr(self.data_collator, "set_epoch"):
+            self.add_callback(_CollatorEpoch(self.data_collator))
+
+    def _get_train_sampler(self, train_dataset=None):
+        """Trainer's sampler; its length-grouped one (unseeded in transformers) reseeded per epoch for exact resumes."""
+        sampler = super()._get_train_sampler(train_dataset)
+        if type(sampler) is LengthGroupedSampler:
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, seed)
+        return sampler
 
     def get_decay_parameter_names(self, model):
         """Trainer's choice minus the temperature and the learned pooling query: decaying them pulls them to 0."""

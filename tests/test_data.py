@@ -238,7 +238,7 @@ def _rows(tmp_path, n=3):
     for i in range(n):
         path = tmp_path / f"r{i}.flac"
         _write_clip(path, seconds=0.25 * (i + 1), rate=22050, seed=i)
-        rows.append({"audio": {"bytes": None, "path": str(path)}, "captions": _captions(i), "extra": i})
+        rows.append({"audio": {"bytes": None, "path": str(path)}, "captions": _captions(i), "clip_index": i})
     return rows
 
 
@@ -249,7 +249,8 @@ def test_collator_training_samples_one_seeded_caption_per_clip(tmp_path):
     for seed in (0, 0, 1):
         collator = AtrCollator(processor, training=True, seed=seed)
         chosen = []
-        for _ in range(20):
+        for epoch in range(20):
+            collator.set_epoch(epoch)
             assert collator(rows)["return_loss"] is True
             chosen.append(list(processor.text))
         picks.append(chosen)
@@ -296,7 +297,7 @@ def test_synthetic_rows_through_real_processor_and_tiny_model(tmp_path):
     data = load_audio_text_dataset("synthetic", "train", load_kwargs={"n": 2, "cache_dir": str(tmp_path),
                                                                         "max_duration_s": 4.0})
     model = AtrModel(config).eval()
-    train_batch = AtrCollator(processor, training=True, seed=0)(list(data))
+    train_batch = AtrCollator(processor, training=True, seed=0)(list(data.add_column("clip_index", [0, 1])))
     assert train_batch["input_ids"].shape[0] == 2 and train_batch["chunk_mask"].shape[0] == 2
     assert torch.isfinite(model(**train_batch).loss)
     eval_batch = AtrCollator(processor, training=False)(list(data))
@@ -340,27 +341,29 @@ def test_hub_code_path_with_local_parquet(tmp_path):
     assert [row["captions"] for row in streamed] == [_captions(i) for i in range(3)]
 
 
-def test_collator_draws_do_not_depend_on_process_count_and_resume_exactly(tmp_path):
-    """Two ranks with half batches draw what one process with the whole batch draws; resume_at(k) replays batch k."""
+def test_collator_draws_depend_only_on_seed_epoch_and_clip_index(tmp_path):
+    """Any split of a batch (processes, workers), any order, any restart: a row draws the same caption and noise."""
     rows = _rows(tmp_path, n=4)
     augment = make_noise_augmentation(p=1.0)
 
-    def run(collator, batch_rows, batches):
-        processor = collator.processor
-        out = []
-        for _ in range(batches):
-            collator(batch_rows)
-            out.append((list(processor.text), [a.copy() for a in processor.audio]))
-        return out
+    def draws(batch_rows, epoch, seed=3):
+        collator = AtrCollator(StubProcessor(), seed=seed, augment=augment)
+        collator.set_epoch(epoch)
+        collator(batch_rows)
+        return {row["clip_index"]: (text, audio) for row, text, audio in zip(batch_rows, collator.processor.text, collator.processor.audio)}
 
-    single = run(AtrCollator(StubProcessor(), seed=3, augment=augment), rows, 3)
-    rank0 = run(AtrCollator(StubProcessor(), seed=3, augment=augment, rank=0, world_size=2), rows[:2], 3)
-    rank1 = run(AtrCollator(StubProcessor(), seed=3, augment=augment, rank=1, world_size=2), rows[2:], 3)
-    for whole, first, second in zip(single, rank0, rank1):
-        assert whole[0] == first[0] + second[0]
-        assert all(np.array_equal(a, b) for a, b in zip(whole[1], first[1] + second[1]))
-    resumed = AtrCollator(StubProcessor(), seed=3, augment=augment)
-    resumed.resume_at(2)
-    replay = run(resumed, rows, 1)[0]
-    assert replay[0] == single[2][0] and all(np.array_equal(a, b) for a, b in zip(replay[1], single[2][1]))
-    assert single[0][0] != single[1][0] or single[1][0] != single[2][0]  # batches differ
+    def same(a, b):
+        return a.keys() == b.keys() and all(a[k][0] == b[k][0] and np.array_equal(a[k][1], b[k][1]) for k in a)
+
+    whole = draws(rows, epoch=1)
+    assert same(whole, {**draws(rows[:2], epoch=1), **draws(rows[2:], epoch=1)})  # two ranks or two workers
+    assert same(whole, draws(rows[::-1], epoch=1))  # another batch order
+    other_epoch = draws(rows, epoch=2)
+    assert any(not np.array_equal(whole[k][1], other_epoch[k][1]) for k in whole)  # each epoch draws new noise
+    assert not same(whole, draws(rows, epoch=1, seed=4))
+
+
+def test_collator_training_rows_need_their_clip_index(tmp_path):
+    rows = [{key: value for key, value in row.items() if key != "clip_index"} for row in _rows(tmp_path, n=2)]
+    with pytest.raises(ValueError, match=r"clip_index column .*add_column\('clip_index'"):
+        AtrCollator(StubProcessor(), training=True)(rows)

@@ -180,3 +180,17 @@ def test_real_run_configs_parse_and_build_with_tiny_stand_ins(tmp_path, config, 
     with torch.no_grad():
         out = model(**batch, return_loss=True)
     assert torch.isfinite(out.loss)
+
+
+def test_resume_in_epoch_two_with_two_workers_gives_the_uninterrupted_losses(tmp_path, tiny_text):
+    """Noise, caption and chunk draws come from (seed, epoch, sample index), and the sample order from (seed, epoch)."""
+    # 32 clips / batch 4 = 8 steps per epoch: step 10 is inside epoch 2; 2 workers collate alternate batches
+    base = ["--test_split", "", "--eval_split", "", "--noise_probability", "0.5", "--save_steps", "10", "--max_steps", "12",
+            "--dataloader_num_workers", "2"]
+    _, full = run_train(tmp_path / "full", tiny_text, *base)
+    full_losses = logged_losses(full)
+    # the state a run stopped at step 10 leaves: resume from it into a fresh directory
+    _, resumed = run_train(tmp_path / "resumed", tiny_text, *base, "--resume_from_checkpoint", str(full / "checkpoint-10"))
+    resumed_losses = logged_losses(resumed)
+    for step in (11, 12):
+        assert abs(resumed_losses[step] - full_losses[step]) < 1e-6, (step, resumed_losses, full_losses)
