@@ -152,7 +152,7 @@ def breakdown(args, workdir):
         model.zero_grad()
         model(**batch).loss.backward()
 
-    rows = list(dataset.select(range(32)))
+    rows = list(dataset.add_column("clip_index", list(range(len(dataset)))).select(range(32)))
     collator = AtrCollator(processor, training=True, augment=make_noise_augmentation(p=0.5))
     batch = collator(rows)
     real = batch["input_features"][batch["chunk_mask"].bool()]
