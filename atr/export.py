@@ -2,8 +2,9 @@
 
 Three graphs, exported with `torch.onnx.export(dynamo=True)` (needs `pip install 'atr[onnx]'`):
 
-- `audio.onnx`: real chunks' features (chunks, *chunk_feature_shape) -> chunk embeddings (chunks, D), the audio encoder,
-  head, token pooling and projection; padding chunks are never given to it, as `AtrModel` never encodes them.
+- `audio.onnx`: real chunks' features (chunks, *chunk_feature_shape) [+ their frame mask, for adapters that take one]
+  -> chunk embeddings (chunks, D), by the audio encoder, head, token pooling and projection; padding chunks are never
+  given to it, as `AtrModel` never encodes them.
 - `pooling.onnx`: chunk embeddings (batch, chunks, D) + chunk_mask (batch, chunks) -> the L2-normalised clip embedding
   (batch, D) and chunk weights (batch, chunks): the learned-query attention pooling, kept outside the audio graph so
   that graph runs on real chunks only.
@@ -18,10 +19,12 @@ next to them, and `atr.onnx.AtrOnnxModel.from_pretrained(OUT_DIR)` loads the fol
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -39,9 +42,9 @@ class AudioChunkEncoder(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, chunk_features):
+    def forward(self, chunk_features, frame_mask=None):
         """Chunk embeddings, unnormalised, exactly as `AtrModel.get_audio_features(...).last_hidden_state` holds them."""
-        hidden, mask = self.model.audio_model(chunk_features)
+        hidden, mask = self.model.audio_model(chunk_features, frame_mask) if frame_mask is not None else self.model.audio_model(chunk_features)
         refined = self.model.audio_head(hidden, mask)
         # AtrModel has no public per-chunk embedding method without its Python mini-batch loop (not traceable with a
         # dynamic chunk count); this is the body of that loop.
@@ -84,16 +87,28 @@ def _require_onnx():
 
 def _export(module, args, path: Path, input_names, output_names, dynamic_shapes, external_data: bool):
     program = torch.onnx.export(
-        module.eval(), args, dynamo=True, input_names=input_names, output_names=output_names, dynamic_shapes=dynamic_shapes,
-        external_data=external_data,
+        module.eval(), args, dynamo=True, verbose=False, input_names=input_names, output_names=output_names,
+        dynamic_shapes=dynamic_shapes, external_data=external_data,
     )
     program.save(str(path), external_data=external_data)
 
 
-def _example_audio(model, processor):
-    """Three chunk features shaped as the processor makes them (values do not matter for the export)."""
-    shape = processor.feature_extractor.chunk_feature_shape
-    return torch.randn(3, *shape, generator=torch.Generator().manual_seed(0))
+def _takes_frame_mask(model) -> bool:
+    """Whether the model's audio adapter takes a per-frame mask next to the features."""
+    return len(inspect.signature(model.audio_model.forward).parameters) > 1
+
+
+def _example_audio(processor):
+    """Real chunks of a 2.4-window noise clip: (3, *chunk_feature_shape) features and their frame mask (None if not made).
+
+    The last chunk is part padding, so a mask-dependent branch is traced with padding present, not specialised away.
+    """
+    extractor = processor.feature_extractor
+    clip = np.random.default_rng(0).standard_normal(int(2.4 * extractor.window_samples)).astype(np.float32) * 0.1
+    out = extractor(clip, sampling_rate=extractor.sampling_rate, return_tensors="pt")
+    real = out["chunk_mask"][0].bool()
+    frames = out.get("audio_attention_mask")
+    return out["input_features"][0][real], None if frames is None else frames[0][real]
 
 
 def _example_text(processor):
@@ -102,7 +117,7 @@ def _example_text(processor):
 
 @torch.no_grad()
 def export_onnx(model, processor, out_dir, int8: bool = False, overwrite: bool = False) -> Path:
-    """Write the audio, pooling and text graphs, the processor and config of an `AtrModel` to out_dir; return out_dir."""
+    """Write the audio, pooling and text graphs, the processor and config of an `AtrModel` (put in float32 eval mode) to out_dir."""
     _require_onnx()
     out_dir = Path(out_dir)
     if (out_dir / ONNX_MANIFEST).exists() and not overwrite:
@@ -112,9 +127,12 @@ def export_onnx(model, processor, out_dir, int8: bool = False, overwrite: bool =
     external = sum(p.numel() * p.element_size() for p in model.parameters()) > INLINE_WEIGHT_LIMIT
     chunks, batch = torch.export.Dim("chunks"), torch.export.Dim("batch")
 
-    features = _example_audio(model, processor)
-    _export(AudioChunkEncoder(model), (features,), out_dir / GRAPHS["audio"], ["chunk_features"], ["chunk_embeds"],
-            {"chunk_features": {0: chunks}}, external)
+    features, frames = _example_audio(processor)
+    audio_names, audio_args = ["chunk_features"], (features,)
+    if _takes_frame_mask(model) and frames is not None:  # adapters that mask padded frames (audio_attention_mask)
+        audio_names, audio_args = ["chunk_features", "frame_mask"], (features, frames)
+    _export(AudioChunkEncoder(model), audio_args, out_dir / GRAPHS["audio"], audio_names, ["chunk_embeds"],
+            {name: {0: chunks} for name in audio_names}, external)
 
     dim = model.config.projection_dim
     embeds = torch.randn(2, 3, dim, generator=torch.Generator().manual_seed(1))
@@ -140,7 +158,8 @@ def export_onnx(model, processor, out_dir, int8: bool = False, overwrite: bool =
         files.update({f"{kind}_int8": name for kind, name in QUANTIZED.items()})
     model.config.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
-    manifest = {"format_version": 1, "source": str(getattr(model, "name_or_path", "") or ""), "files": files, "text_inputs": names}
+    manifest = {"format_version": 1, "source": str(getattr(model, "name_or_path", "") or ""), "files": files,
+                "audio_inputs": audio_names, "text_inputs": names}
     (out_dir / ONNX_MANIFEST).write_text(json.dumps(manifest, indent=2))
     return out_dir
 

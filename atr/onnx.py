@@ -40,12 +40,13 @@ class AtrOnnxModel:
     device = torch.device("cpu")
     dtype = torch.float32
 
-    def __init__(self, path, config: AtrConfig, sessions: dict, files: dict, text_inputs: list[str]):
+    def __init__(self, path, config: AtrConfig, sessions: dict, files: dict, text_inputs: list[str], audio_inputs: list[str]):
         self.name_or_path = str(path)
         self.config = config
         self.sessions = sessions
         self.files = files
         self.text_inputs = text_inputs
+        self.audio_inputs = audio_inputs
 
     @classmethod
     def from_pretrained(cls, path, int8: bool = False, providers=None, session_options=None):
@@ -70,7 +71,9 @@ class AtrOnnxModel:
             kind: ort.InferenceSession(str(path / name), sess_options=session_options, providers=providers)
             for kind, name in files.items()
         }
-        return cls(path, AtrConfig.from_pretrained(path), sessions, files, manifest["text_inputs"])
+        # The graphs' own inputs: the exporter drops an input the model never reads (HTSAT ignores the frame mask).
+        audio_inputs, text_inputs = ([i.name for i in sessions[kind].get_inputs()] for kind in ("audio", "text"))
+        return cls(path, AtrConfig.from_pretrained(path), sessions, files, text_inputs, audio_inputs)
 
     def eval(self):
         """No-op (ONNX graphs are inference only), so code written for `AtrModel` runs unchanged."""
@@ -81,7 +84,7 @@ class AtrOnnxModel:
         return {name: torch.frombuffer(bytearray((Path(self.name_or_path) / name).read_bytes()), dtype=torch.uint8)
                 for name in sorted(self.files.values())}
 
-    def get_audio_features(self, input_features, chunk_mask=None, **kwargs) -> AtrAudioOutput:
+    def get_audio_features(self, input_features, chunk_mask=None, audio_attention_mask=None, **kwargs) -> AtrAudioOutput:
         """Embed chunked audio: `pooler_output` (B, D) L2-normalised, `last_hidden_state` chunk embeddings (B, C, D), `chunk_weights`."""
         features = _numpy(input_features, np.float32)
         if features.ndim < 3:
@@ -90,10 +93,17 @@ class AtrOnnxModel:
         real = mask.astype(bool)
         if not real.any(axis=1).all():
             raise ValueError("chunk_mask has a clip with no real chunk: every clip needs at least one chunk_mask=1 entry")
-        chunks, step = features[real], self.config.audio_chunk_batch_size
+        feeds = {"chunk_features": features[real]}
+        if "frame_mask" in self.audio_inputs:
+            frames = np.ones(features.shape[:2] + (features.shape[-2 if features.ndim == 5 else -1],), np.int64)
+            feeds["frame_mask"] = (frames if audio_attention_mask is None else _numpy(audio_attention_mask, np.int64))[real]
+        elif audio_attention_mask is not None and not np.asarray(audio_attention_mask)[real].all():
+            raise ValueError("audio_attention_mask marks padded frames, but this export's audio graph takes no frame mask: "
+                             "export the model again with this version of atr")
+        step = self.config.audio_chunk_batch_size
         embeds = np.concatenate([
-            self.sessions["audio"].run(None, {"chunk_features": chunks[start : start + step]})[0]
-            for start in range(0, len(chunks), step)
+            self.sessions["audio"].run(None, {name: value[start : start + step] for name, value in feeds.items()})[0]
+            for start in range(0, len(feeds["chunk_features"]), step)
         ])
         grid = np.zeros((*mask.shape, embeds.shape[-1]), dtype=np.float32)
         grid[real] = embeds

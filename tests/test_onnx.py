@@ -63,10 +63,10 @@ def test_onnx_embeddings_equal_pytorch(exported, return_tensors):
     audio = processor(audio=clips_of(processor, CHUNK_COUNTS), sampling_rate=rate, return_tensors=return_tensors)
     assert np.asarray(audio["chunk_mask"]).sum(1).tolist() == CHUNK_COUNTS
     text = processor(text=CAPTIONS, return_tensors=return_tensors)
-    got_audio = onnx_model.get_audio_features(input_features=audio["input_features"], chunk_mask=audio["chunk_mask"])
+    got_audio = onnx_model.get_audio_features(**audio)  # every field the processor gives, as the embedding loop passes them
     got_text = onnx_model.get_text_features(**text)
     with torch.no_grad():
-        want_audio = model.get_audio_features(torch.as_tensor(audio["input_features"]), torch.as_tensor(audio["chunk_mask"]))
+        want_audio = model.get_audio_features(**{k: torch.as_tensor(v) for k, v in audio.items()})
         want_text = model.get_text_features(**{k: torch.as_tensor(v) for k, v in text.items()})
     assert cosines(got_audio.pooler_output, want_audio.pooler_output).min() >= 0.9999
     assert cosines(got_text.pooler_output, want_text.pooler_output).min() >= 0.9999
@@ -111,10 +111,12 @@ def test_export_refuses_to_overwrite_and_loading_needs_an_export(exported, tmp_p
         AtrOnnxModel.from_pretrained(tmp_path)
 
 
-def test_evaluation_with_the_onnx_backend_ranks_as_pytorch(exported, tmp_path):
+def test_evaluation_with_the_onnx_backend_embeds_as_pytorch(exported, tmp_path):
     import datasets
 
     from atr import evaluation
+    from atr.data import AtrCollator
+    from atr.embedding import embed_dataset
 
     model, processor, out = exported
     rate = processor.feature_extractor.sampling_rate
@@ -125,11 +127,12 @@ def test_evaluation_with_the_onnx_backend_ranks_as_pytorch(exported, tmp_path):
     dataset = datasets.Dataset.from_dict({"audio": paths, "captions": [[c] for c in CAPTIONS + CAPTIONS[:2]]})
     onnx_model, onnx_processor, info = evaluation.load_model_for_evaluation(str(out), backend="onnx")
     assert info["backend"] == "onnx"
-    records = {
-        name: evaluation.evaluate_retrieval(m, p, dataset, [None], progress=False)[0]
-        for name, m, p in (("torch", model, processor), ("onnx", onnx_model, onnx_processor))
-    }
-    for direction in ("t2a", "a2t"):
-        assert records["onnx"]["per_query"][direction]["rank"] == records["torch"]["per_query"][direction]["rank"]
+    record = evaluation.evaluate_retrieval(onnx_model, onnx_processor, dataset, [None], progress=False)[0]
+    assert 0.0 <= record["metrics"]["t2a_mAP10"] <= 1.0 and len(record["per_query"]["t2a"]["rank"]) == len(dataset)
+    # The evaluation's own embedding path (collator, batching by chunk count) gives PyTorch's embeddings. Ranks are not
+    # compared: a tiny random model's similarities lie within 1e-5 of each other, below the allowed 1e-4 cosine error.
+    got = embed_dataset(onnx_model, AtrCollator(onnx_processor, training=False), dataset, batch_size=4, progress=False)
+    want = embed_dataset(model, AtrCollator(processor, training=False), dataset, batch_size=4, progress=False)
+    assert cosines(got.audio, want.audio).min() >= 0.9999 and cosines(got.text, want.text).min() >= 0.9999
     with pytest.raises(ValueError, match="atr.export onnx"):
         evaluation.load_model_for_evaluation(str(tmp_path), backend="onnx")
