@@ -18,6 +18,7 @@ import torch
 
 from datasets import Audio, Dataset, IterableDataset, load_dataset
 
+from .feature_extraction_atr import AtrFeatureExtractor
 from .synthetic import colored_noise, make_synthetic_split
 
 logger = logging.getLogger(__name__)
@@ -38,14 +39,21 @@ def _audio_name(audio) -> str:
 
 
 def decode_audio(audio, sampling_rate: int) -> np.ndarray:
-    """Float32 mono waveform at `sampling_rate` from a path, a {"path", "bytes"} dict or a {"array", "sampling_rate"} dict."""
+    """Float32 mono waveform at `sampling_rate` from a path, a {"path", "bytes"} dict or a {"array", "sampling_rate"} dict.
+
+    An array goes through `AtrFeatureExtractor.to_mono_float`, the extractor's own check: integer PCM is scaled to
+    [-1, 1], `(channels, samples)` (the datasets / torchcodec layout) is averaged to mono and `(samples, channels)`
+    is refused. Files are read by soundfile, which scales PCM and gives `(samples, channels)`. NaN or Inf is refused.
+    """
     name = _audio_name(audio)
     if isinstance(audio, dict) and audio.get("array") is not None:
         if audio.get("sampling_rate") is None:
             raise ValueError(f"audio {name} has an array but no sampling_rate: add 'sampling_rate' to the dict")
-        wave, source_rate = np.asarray(audio["array"], dtype=np.float32), int(audio["sampling_rate"])
-        # datasets and torchcodec lay multichannel arrays out as (channels, samples)
-        wave = wave.mean(axis=0) if wave.ndim == 2 else wave
+        try:
+            wave = AtrFeatureExtractor.to_mono_float(audio["array"])
+        except ValueError as error:
+            raise ValueError(f"audio {name}: {error}") from error
+        source_rate = int(audio["sampling_rate"])
     else:
         if isinstance(audio, dict):
             source = io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio.get("path")
@@ -61,6 +69,9 @@ def decode_audio(audio, sampling_rate: int) -> np.ndarray:
         wave = wave.mean(axis=1)
     if wave.size == 0:
         raise ValueError(f"audio file {name} is empty (0 samples): remove it or load with skip_bad_audio=True")
+    if not np.isfinite(wave).all():
+        raise ValueError(f"audio {name} has NaN or Inf at sample {np.flatnonzero(~np.isfinite(wave))[0]}: "
+                         "re-export it, or clean it first, e.g. np.nan_to_num")
     if source_rate != sampling_rate:
         wave = soxr.resample(wave, source_rate, sampling_rate, quality="HQ")
     return np.ascontiguousarray(wave, dtype=np.float32)
@@ -89,7 +100,7 @@ def estimated_chunk_counts(dataset: Dataset, window_s: float) -> list[int]:
     for batch in dataset.select_columns(["audio"]).iter(batch_size=256):
         for audio in batch["audio"]:
             if isinstance(audio, dict) and audio.get("array") is not None:
-                seconds = len(audio["array"]) / audio["sampling_rate"]
+                seconds = np.shape(audio["array"])[-1] / audio["sampling_rate"]  # (samples,) or (channels, samples)
             else:
                 source = io.BytesIO(audio["bytes"]) if isinstance(audio, dict) and audio.get("bytes") else (
                     audio.get("path") if isinstance(audio, dict) else audio)

@@ -367,3 +367,15 @@ def test_collator_training_rows_need_their_clip_index(tmp_path):
     rows = [{key: value for key, value in row.items() if key != "clip_index"} for row in _rows(tmp_path, n=2)]
     with pytest.raises(ValueError, match=r"clip_index column .*add_column\('clip_index'"):
         AtrCollator(StubProcessor(), training=True)(rows)
+
+
+def test_decode_audio_validates_in_memory_arrays_as_the_feature_extractor_does():
+    """One validation for both: int PCM scaled to [-1, 1], (channels, samples) downmixed, (samples, channels) refused."""
+    tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(SR) / SR)).astype(np.float32)
+    pcm = np.round(tone * 32767).astype(np.int16)
+    decoded = decode_audio({"array": pcm, "sampling_rate": SR}, SR)
+    np.testing.assert_allclose(decoded, tone, atol=1e-4)
+    stereo = np.stack([tone, 0.5 * tone])
+    np.testing.assert_allclose(decode_audio({"array": stereo, "sampling_rate": SR}, SR), 0.75 * tone, atol=1e-6)
+    with pytest.raises(ValueError, match=r"clip\.wav.*shape \(16000, 2\), expected \(channels, samples\): transpose"):
+        decode_audio({"array": stereo.T, "sampling_rate": SR, "path": "clip.wav"}, SR)
