@@ -182,6 +182,19 @@ def test_real_run_configs_parse_and_build_with_tiny_stand_ins(tmp_path, config, 
     assert torch.isfinite(out.loss)
 
 
+def test_hp_search_scores_trials_on_validation_and_trains_with_the_best(tmp_path, tiny_text):
+    """--hp_search N runs N optuna trials (loss weights + lr), each evaluated on validation, then trains with the best."""
+    pytest.importorskip("optuna")
+    trainer, results = train.main([
+        "--config", TINY, "--text_backbone", tiny_text, "--output_dir", str(tmp_path / "out"), "--noise_probability", "0",
+        "--hp_search", "2", "--max_steps", "2",
+    ])
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    searched = {config[name] for name in ("lambda_cosine", "lambda_l1", "lambda_contrastive")}
+    assert all(0.0 <= value <= 2.0 for value in searched) and searched != {1.0}  # the best trial's weights, not defaults
+    assert trainer.args.learning_rate != 0.001 and "t2a_mAP10" in "".join(results)
+
+
 def test_resume_in_epoch_two_with_two_workers_gives_the_uninterrupted_losses(tmp_path, tiny_text):
     """Noise, caption and chunk draws come from (seed, epoch, sample index), and the sample order from (seed, epoch)."""
     # 32 clips / batch 4 = 8 steps per epoch: step 10 is inside epoch 2; 2 workers collate alternate batches
