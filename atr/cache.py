@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch
 
 from datasets import Array2D, Array3D, Dataset, Features, IterableDataset, Value
 from datasets.arrow_writer import ArrowWriter
+from filelock import FileLock
 
 from .data import AtrCollator, decode_audio
 from .embedding import module_fingerprint
@@ -42,7 +44,13 @@ def default_cache_root() -> Path:
 def tokenizer_fingerprint(tokenizer) -> str:
     """SHA-256 of a tokenizer's vocabulary/pipeline and the settings that change its output."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    body = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        # padding/truncation are set on the backend by each call (so they depend on the last call, even mid-call in
+        # another thread): the settings below decide them
+        pipeline = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("padding", "truncation")}
+        body = json.dumps(pipeline, sort_keys=True)
+    else:
+        body = json.dumps(sorted(tokenizer.get_vocab().items()))
     settings = [type(tokenizer).__name__, tokenizer.model_max_length, tokenizer.padding_side, tokenizer.truncation_side]
     return hashlib.sha256((body + json.dumps(settings)).encode()).hexdigest()
 
@@ -54,6 +62,37 @@ def _dataset_fingerprint(dataset) -> str:
             "load the dataset without streaming=True, or train without --cache_encoder_outputs"
         )
     return dataset._fingerprint
+
+
+def audio_files_fingerprint(dataset) -> str:
+    """SHA-256 of (path, size, mtime_ns) of every audio file a row names without holding its bytes, in row order.
+
+    A local manifest or audiofolder stores paths, so the `datasets` fingerprint sees the paths, not the audio: this
+    key changes when a file is re-written in place. Rows holding bytes or arrays are in the datasets fingerprint.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = dataset.with_format("arrow")["audio"]  # memory-mapped: embedded bytes are not read
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        paths = column.to_pylist()
+    elif pa.types.is_struct(column.type) and column.type.get_field_index("path") >= 0:
+        paths = pc.struct_field(column, "path")
+        if column.type.get_field_index("bytes") >= 0:  # a row with bytes needs no file
+            paths = pc.if_else(pc.is_null(pc.struct_field(column, "bytes")), paths, pa.scalar(None, paths.type))
+        paths = paths.to_pylist()
+    else:
+        return ""
+    digest = hashlib.sha256()
+    for path in paths:
+        if path is None:
+            continue
+        try:
+            status = os.stat(path)
+            digest.update(json.dumps([path, status.st_size, status.st_mtime_ns]).encode())
+        except OSError:  # a missing file fails later, at decoding, with its name
+            digest.update(json.dumps([path, None]).encode())
+    return digest.hexdigest()
 
 
 def _fingerprint(parts: dict) -> str:
@@ -71,7 +110,8 @@ def text_cache_fingerprint(model, processor, dataset, text_options: dict | None 
 def audio_cache_fingerprint(model, processor, dataset, num_views: int, seed: int, noise_settings: dict | None = None) -> str:
     """Key of the audio cache: dataset, audio encoder weights, feature-extractor settings, views, seed and noise settings."""
     return _fingerprint({
-        "kind": "audio", "data": _dataset_fingerprint(dataset), "encoder": module_fingerprint(model.audio_model),
+        "kind": "audio", "data": _dataset_fingerprint(dataset), "files": audio_files_fingerprint(dataset),
+        "encoder": module_fingerprint(model.audio_model),
         "features": processor.feature_extractor.to_json_string(), "num_views": num_views, "seed": seed,
         "noise": (noise_settings or {}) if num_views else {},
     })
@@ -89,20 +129,29 @@ def _cached(directory: Path) -> Dataset | None:
 
 
 def _write(directory: Path, features: Features, rows, meta: dict) -> Dataset:
-    """Write rows to a temporary folder and move it into place, so a crashed build never looks like a finished cache."""
+    """Build the cache under a file lock in a unique temporary folder, then rename it into place (atomic).
+
+    A crashed build never looks like a finished cache, and processes sharing the cache folder (other nodes too, where
+    the file system supports locks) build it once: the others wait, then read the finished one.
+    """
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    with ArrowWriter(features=features, path=str(tmp / DATA_FILE)) as writer:
-        for row in rows:
-            writer.write(row)
-        writer.finalize()
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-    if directory.exists():  # another process finished the same cache first: identical content, keep theirs
-        shutil.rmtree(tmp)
-    else:
-        os.replace(tmp, directory)
+    with FileLock(str(directory.parent / f"{directory.name}.lock")):
+        if (found := _cached(directory)) is not None:  # built by another process while this one waited
+            return found
+        if directory.exists():
+            raise ValueError(f"encoder cache folder {directory} exists but is incomplete (no {META_FILE} or {DATA_FILE}): "
+                             "delete it to rebuild the cache")
+        tmp = Path(tempfile.mkdtemp(prefix=f"{directory.name}.tmp-", dir=directory.parent))
+        try:
+            with ArrowWriter(features=features, path=str(tmp / DATA_FILE)) as writer:
+                for row in rows:
+                    writer.write(row)
+                writer.finalize()
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+            os.replace(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return Dataset.from_file(str(directory / DATA_FILE))
 
 
@@ -274,6 +323,6 @@ class CachedCollator(AtrCollator):
 
 
 __all__ = [
-    "CachedCollator", "audio_cache_fingerprint", "build_audio_cache", "build_text_cache", "default_cache_root",
+    "CachedCollator", "audio_cache_fingerprint", "audio_files_fingerprint", "build_audio_cache", "build_text_cache", "default_cache_root",
     "module_fingerprint", "text_cache_fingerprint", "tokenizer_fingerprint", "view_seed",
 ]

@@ -115,6 +115,59 @@ def test_cache_is_reused_and_invalidated(setup, tmp_path):
     assert build_text_cache(model, processor, dataset, tmp_path, text_options={"max_length": 4}).cache_files != text.cache_files
 
 
+def test_rewritten_audio_file_at_the_same_path_rebuilds_the_audio_cache(setup, tmp_path):
+    """A local manifest keys its files by (path, size, mtime_ns): re-exported audio is re-encoded, not read stale."""
+    import soundfile as sf
+
+    model, processor, _ = setup
+    rate = processor.feature_extractor.sampling_rate
+    tone = lambda freq, seconds=1.0: 0.3 * np.sin(2 * np.pi * freq * np.arange(int(rate * seconds)) / rate)  # noqa: E731
+    for index in range(2):
+        sf.write(tmp_path / f"clip{index}.wav", tone(300 + 200 * index), rate)
+    (tmp_path / "manifest.csv").write_text("file_name,caption\nclip0.wav,a low tone\nclip1.wav,a high tone\n")
+    load = lambda: load_audio_text_dataset(str(tmp_path / "manifest.csv"), "train")  # noqa: E731
+    first = build_audio_cache(model, processor, load(), tmp_path / "cache")
+    assert build_audio_cache(model, processor, load(), tmp_path / "cache").cache_files == first.cache_files  # reused
+    sf.write(tmp_path / "clip1.wav", tone(1500, seconds=1.5), rate)  # re-exported: same path, new audio
+    rebuilt = build_audio_cache(model, processor, load(), tmp_path / "cache")
+    assert rebuilt.cache_files != first.cache_files
+    extractor = processor.feature_extractor
+    features = extractor(decode_audio(str(tmp_path / "clip1.wav"), rate), sampling_rate=rate, return_tensors="pt")
+    with torch.no_grad():
+        expected = model.get_audio_encoder_states(features["input_features"][features["chunk_mask"].bool()])
+    torch.testing.assert_close(rebuilt.with_format("torch")[1]["audio_states"], expected, atol=1e-5, rtol=0)
+
+
+def test_two_concurrent_builds_of_one_cache_encode_once_and_both_read_it(setup, tmp_path):
+    """The second build waits on the first one's file lock, then reads its finished cache; no temp folder is left."""
+    import threading
+    import time
+
+    model, processor, dataset = setup
+    calls, started = [], threading.Event()
+
+    def slow_first_batch(*args):
+        calls.append(1)
+        if not started.is_set():
+            started.set()
+            time.sleep(1.0)  # the other build starts while this one is mid-write
+
+    hook = model.text_model.register_forward_hook(slow_first_batch)
+    results = {}
+    try:
+        first = threading.Thread(target=lambda: results.setdefault("first", build_text_cache(model, processor, dataset, tmp_path, batch_size=8)))
+        first.start()
+        started.wait(timeout=60)
+        results["second"] = build_text_cache(model, processor, dataset, tmp_path, batch_size=8)
+        first.join()
+    finally:
+        hook.remove()
+    captions = sum(len(c) for c in dataset["captions"])
+    assert len(calls) == -(-captions // 8)  # one build's batches: the second build never ran the encoder
+    assert results["first"].cache_files == results["second"].cache_files and len(results["second"]) == captions
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+
+
 def test_errors_name_the_problem(setup, tmp_path):
     model, processor, dataset = setup
     trainable = AtrModel(tiny_atr_config(audio="whisper", text="bert", freeze_audio_encoder=False))
@@ -150,7 +203,7 @@ def test_train_py_with_cached_encoder_outputs(tmp_path):
     assert isinstance(trainer.data_collator, CachedCollator) and trainer.data_collator.num_views == 1
     assert trainer.data_collator.text_cache is not None and 0 <= results["test_t2a_mAP10"] <= 1
     assert np.isfinite([log["loss"] for log in trainer.state.log_history if "loss" in log]).all()
-    assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()) == ["audio", "text"]
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir() if p.is_dir()) == ["audio", "text"]
     # The tiny config trains its audio encoder: only the (frozen) text encoder's outputs are cached.
     trainer, _ = train.main([*base, "--output_dir", str(tmp_path / "b")])
     assert trainer.data_collator.audio_cache is None and trainer.data_collator.text_cache is not None
