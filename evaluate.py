@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--update_model_card", action="store_true", help="Write the results into the (local) model's README.md model-index.")
     parser.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="Wilcoxon signed-rank test of two results.json files.")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--trust_remote_code", action="store_true",
+                        help="Run code shipped in the --model repo (only for repos you trust; atr models need none).")
     parser.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
                         help="torch, or ONNX Runtime on a `python -m atr.export onnx` folder (onnx-int8: its --int8 graphs).")
     parser.add_argument("--no_progress", action="store_true", help="Hide the progress bars.")
@@ -107,7 +109,7 @@ def run_evaluation(args) -> dict:
         raise ValueError("--model is required (or use --compare A.json B.json)")
     output_dir = check_output_dir(args.output_dir, args.overwrite) if args.output_dir else None
     conditions = evaluation.parse_conditions(args.snr)
-    model, processor, info = evaluation.load_model_for_evaluation(args.model, args.device, args.backend)
+    model, processor, info = evaluation.load_model_for_evaluation(args.model, args.device, args.backend, args.trust_remote_code)
     dataset = load_eval_dataset(args)
     common = dict(noise=args.noise, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress)
     extra = {}

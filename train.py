@@ -35,6 +35,9 @@ class ModelArguments:
     text_backbone: str = field(default=MINILM_ID, metadata={"help": "Any transformers text encoder (Hub id or path)."})
     model_config: str | None = field(default=None, metadata={"help": "JSON AtrConfig settings (head, pooling, loss weights, freezing)."})
     feature_extractor_config: str | None = field(default=None, metadata={"help": "JSON AtrFeatureExtractor settings."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run code shipped in --model_name_or_path / --text_backbone repos (only ones you trust; atr models need none)."}
+    )
 
 
 @dataclass
@@ -123,7 +126,7 @@ def build_model_and_processor(model_args):
     """The model and its processor, from a trained atr model or from backbones."""
     if model_args.model_name_or_path:
         model = AtrModel.from_pretrained(model_args.model_name_or_path, **_json(model_args.model_config))
-        return model, AutoProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
+        return model, AutoProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
     text_path = resolve_pretrained(model_args.text_backbone)
     head = _json(model_args.model_config)
     if model_args.audio_backbone:
@@ -135,7 +138,7 @@ def build_model_and_processor(model_args):
 
         audio_config = _json(model_args.audio_encoder_config)
         audio_config = AutoConfig.for_model(audio_config.pop("model_type"), **audio_config)
-        text_model = AutoModel.from_pretrained(text_path)
+        text_model = AutoModel.from_pretrained(text_path, trust_remote_code=model_args.trust_remote_code)
         model = AtrModel(AtrConfig(audio_config=audio_config, text_config=text_model.config, **head))
         model.text_model.load_state_dict(text_model.state_dict())
     else:
@@ -144,7 +147,7 @@ def build_model_and_processor(model_args):
     if model_args.audio_backbone:
         model.config.audio_backbone_id = model_args.audio_backbone
     feature_extractor = AtrFeatureExtractor.from_audio_config(model.config.audio_config, **_json(model_args.feature_extractor_config))
-    processor = AtrProcessor(feature_extractor, AutoTokenizer.from_pretrained(text_path))
+    processor = AtrProcessor(feature_extractor, AutoTokenizer.from_pretrained(text_path, trust_remote_code=model_args.trust_remote_code))
     return model, processor
 
 

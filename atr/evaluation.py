@@ -194,10 +194,13 @@ class ClapRetrievalAdapter(nn.Module):
 BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
-def load_model_for_evaluation(name: str, device: str | torch.device = "cpu", backend: str = "torch"):
+def load_model_for_evaluation(name: str, device: str | torch.device = "cpu", backend: str = "torch",
+                              trust_remote_code: bool = False):
     """(model, processor, info) for an atr model or a transformers ClapModel (dir or Hub id); info names the protocol.
 
     `backend="onnx"` / `"onnx-int8"` loads an `atr.export` ONNX folder into `atr.onnx.AtrOnnxModel` (ONNX Runtime, CPU).
+    No code from the repo runs unless `trust_remote_code=True`: `import atr` registers the atr classes, so atr models
+    need none.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend is {backend!r}, expected one of {BACKENDS}")
@@ -214,17 +217,18 @@ def load_model_for_evaluation(name: str, device: str | torch.device = "cpu", bac
         processor = AutoProcessor.from_pretrained(name)
         return model, processor, {"model_type": "atr", "audio_protocol": ATR_PROTOCOL, "backend": backend}
     try:
-        config = AutoConfig.from_pretrained(name, trust_remote_code=True)
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
+        hint = "" if trust_remote_code else " (a repo that needs its own code also needs --trust_remote_code, if you trust it)"
         raise ValueError(f"--model {name!r} could not be loaded ({error}): pass a trained atr directory, a ClapModel "
-                         "directory or a Hub id") from error
+                         f"directory or a Hub id{hint}") from error
     if config.model_type == "clap":
         model = ClapRetrievalAdapter(ClapModel.from_pretrained(name))
         processor = ClapChunkProcessor(AutoFeatureExtractor.from_pretrained(name), AutoTokenizer.from_pretrained(name))
         info = {"model_type": "clap", "audio_protocol": CLAP_PROTOCOL}
     elif config.model_type == "atr":
         model = AtrModel.from_pretrained(name)
-        processor = AutoProcessor.from_pretrained(name, trust_remote_code=True)
+        processor = AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
         info = {"model_type": "atr", "audio_protocol": ATR_PROTOCOL}
     else:
         raise ValueError(f"--model {name!r} is a {config.model_type!r} model: evaluate.py takes an atr model or a ClapModel")

@@ -50,7 +50,7 @@ def free_port():
 
 def test_two_processes_match_one_process_on_the_concatenated_batch(tmp_path):
     mp.spawn(worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
-    distributed = torch.load(tmp_path / "dist.pt")
+    distributed = torch.load(tmp_path / "dist.pt", weights_only=True)
     torch.manual_seed(0)
     model = AtrModel(tiny_atr_config()).train()
     contrastive, loss, grads = run(model, build_batch(model.config))

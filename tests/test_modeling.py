@@ -161,7 +161,7 @@ CHILD = textwrap.dedent(
     from transformers import AutoModel
     model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
     assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-    inputs = torch.load(sys.argv[2])
+    inputs = torch.load(sys.argv[2], weights_only=True)
     with torch.no_grad():
         out = model(**inputs)
     torch.save({"audio": out.audio_embeds, "text": out.text_embeds}, sys.argv[3])
@@ -183,7 +183,7 @@ def test_hub_round_trip_without_atr_installed(tmp_path, audio, text):
         [sys.executable, str(tmp_path / "child.py"), str(tmp_path / "model"), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
         check=True, cwd=tmp_path,
     )
-    reloaded = torch.load(tmp_path / "out.pt")
+    reloaded = torch.load(tmp_path / "out.pt", weights_only=True)
     with torch.no_grad():
         original = model(**inputs)
     assert (reloaded["audio"] - original.audio_embeds).abs().max() < 1e-6

@@ -117,8 +117,9 @@ PROCESSOR_CHILD = CHILD_HEADER + textwrap.dedent(
     processor = AutoProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)
     assert type(processor).__module__.startswith("transformers_modules"), type(processor).__module__
     assert type(processor.feature_extractor).__name__ == "AtrFeatureExtractor"
-    inputs = torch.load(sys.argv[2], weights_only=False)
-    out = processor(text=inputs["text"], audio=inputs["audio"], sampling_rate=48000, return_tensors="pt")
+    inputs = torch.load(sys.argv[2], weights_only=True)
+    audio = [clip.numpy() for clip in inputs["audio"]]
+    out = processor(text=inputs["text"], audio=audio, sampling_rate=48000, return_tensors="pt")
     torch.save(dict(out), sys.argv[3])
     """
 )
@@ -129,7 +130,7 @@ PIPELINE_CHILD = CHILD_HEADER + textwrap.dedent(
     classifier = pipeline("zero-shot-audio-classification", model=sys.argv[1], trust_remote_code=True, device="cpu")
     assert type(classifier.model).__module__.startswith("transformers_modules"), type(classifier.model).__module__
     assert type(classifier.feature_extractor).__module__.startswith("transformers_modules")
-    audio = torch.load(sys.argv[2], weights_only=False)["audio"]
+    audio = torch.load(sys.argv[2], weights_only=True)["audio"].numpy()
     result = classifier(audio, candidate_labels=["dog bark", "siren", "rain", "engine"])
     torch.save(result, sys.argv[3])
     """
@@ -137,14 +138,16 @@ PIPELINE_CHILD = CHILD_HEADER + textwrap.dedent(
 
 
 def run_child(tmp_path, code, directory, inputs):
-    """Run `code` in a fresh Python outside the repo and return what it saved."""
+    """Run `code` in a fresh Python outside the repo and return what it saved (tensors, no pickled objects)."""
+    as_tensor = lambda value: torch.from_numpy(value) if isinstance(value, np.ndarray) else value  # noqa: E731
+    inputs = {key: [as_tensor(v) for v in value] if isinstance(value, list) else as_tensor(value) for key, value in inputs.items()}
     torch.save(inputs, tmp_path / "inputs.pt")
     (tmp_path / "child.py").write_text(code)
     subprocess.run(
         [sys.executable, str(tmp_path / "child.py"), str(directory), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
         check=True, cwd=tmp_path,
     )
-    return torch.load(tmp_path / "out.pt", weights_only=False)
+    return torch.load(tmp_path / "out.pt", weights_only=True)
 
 
 def test_processor_round_trip_without_atr(tmp_path, processor):
