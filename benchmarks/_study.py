@@ -110,9 +110,11 @@ def _data_args(args):
 
 def export_audio_encoder(model_dir, target):
     """Save the audio encoder of a trained atr model (Whisper-style) as a WhisperModel checkpoint for --audio_backbone."""
-    from transformers import AutoModel, WhisperModel
+    from transformers import WhisperModel
 
-    model = AutoModel.from_pretrained(model_dir, trust_remote_code=True)
+    from atr import AtrModel
+
+    model = AtrModel.from_pretrained(model_dir)  # the installed class: no code from the folder runs
     if model.config.audio_config.model_type != "whisper":
         raise ValueError(f"{model_dir} has a {model.config.audio_config.model_type} audio encoder: only Whisper ones can be exported")
     config = copy.deepcopy(model.config.audio_config)
