@@ -190,8 +190,7 @@ class AudioIndex:
         for item in source.items:
             key = item_key(item)
             (kept if key in known else skipped if key in known_bad else todo).append(item)
-        done = {item_key(i): known[item_key(i)] for i in kept}
-        skipped = [known_bad[item_key(i)] for i in skipped]
+        done, skipped = {item_key(i): known[item_key(i)] for i in kept}, [known_bad[item_key(i)] for i in skipped]
         manifest = {
             "format_version": FORMAT_VERSION, "model": model_name, "fingerprint": fingerprint,
             "sampling_rate": processor.feature_extractor.sampling_rate, "dim": model.config.projection_dim,
@@ -208,8 +207,7 @@ class AudioIndex:
                 "shards": {n: e for n, e in shards.items() if n in used},
             }, indent=1).encode())
 
-        rate = processor.feature_extractor.sampling_rate
-        embedded_names = []
+        rate, embedded_names = processor.feature_extractor.sampling_rate, []
         with tqdm(total=len(source.items), initial=len(kept), desc="embedding audio", unit="file", disable=not progress) as bar:
             for start in range(0, len(todo), shard_size):
                 group, good = todo[start : start + shard_size], []
