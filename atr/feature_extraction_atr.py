@@ -60,25 +60,10 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
     model_input_names = ["input_features", "chunk_mask"]
 
     def __init__(
-        self,
-        backbone="clap",
-        sampling_rate=None,
-        feature_size=None,
-        window_s=None,
-        hop_length=None,
-        n_fft=None,
-        frequency_min=0.0,
-        frequency_max=14_000.0,
-        truncation="rand_trunc",
-        silence_frame_s=0.02,
-        silence_threshold_db=60.0,
-        silence_floor_db=-80.0,
-        min_silence_s=1.0,
-        silence_margin_s=0.1,
-        max_train_chunks=None,
-        feature_batch_size=32,
-        padding_value=0.0,
-        **kwargs,
+        self, backbone="clap", sampling_rate=None, feature_size=None, window_s=None, hop_length=None, n_fft=None,
+        frequency_min=0.0, frequency_max=14_000.0, truncation="rand_trunc", silence_frame_s=0.02, silence_threshold_db=60.0,
+        silence_floor_db=-80.0, min_silence_s=1.0, silence_margin_s=0.1, max_train_chunks=None, feature_batch_size=32,
+        padding_value=0.0, **kwargs,
     ):
         if backbone not in BACKBONE_DEFAULTS:
             raise ValueError(f"backbone is {backbone!r}, expected one of {tuple(BACKBONE_DEFAULTS)}")
@@ -342,15 +327,7 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
             masks.append(mask)
         return np.concatenate(features), np.concatenate(masks)
 
-    def __call__(
-        self,
-        raw_audio,
-        sampling_rate=None,
-        return_tensors=None,
-        training=False,
-        max_train_chunks=None,
-        generator=None,
-    ):
+    def __call__(self, raw_audio, sampling_rate=None, return_tensors=None, training=False, max_train_chunks=None, generator=None):
         """
         Chunk and featurise one clip, a 2-D array of equal-length clips (a batch, as in transformers) or a list of clips.
 

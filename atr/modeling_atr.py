@@ -5,7 +5,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
@@ -19,8 +18,11 @@ from .layers_atr import (
     AtrAttentionPooling,
     AtrCrossModalAttention,
     AtrTransformerProjection,
+    check_transformers_kwargs,
+    contrastive_loss,
     masked_max,
     masked_mean,
+    one_of,
 )
 
 
@@ -50,31 +52,6 @@ class AtrAudioOutput(BaseModelOutputWithPooling):
     """Audio features: `pooler_output` the L2-normalised embedding, `last_hidden_state` the chunk embeddings, `chunk_weights`."""
 
     chunk_weights: torch.FloatTensor | None = None
-
-
-def gather_with_grad(tensor):
-    """Concatenate `tensor` from every process along dim 0, keeping gradients; this process's rows stay local."""
-    from torch.distributed.nn.functional import all_gather
-
-    sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([tensor.shape[0]], device=tensor.device))
-    if len({int(s) for s in sizes}) > 1:
-        raise ValueError(
-            f"per-process batch sizes differ ({[int(s) for s in sizes]}): contrastive negatives can only be gathered "
-            "from equal batches; set dataloader_drop_last=True"
-        )
-    return torch.cat(all_gather(tensor.contiguous()))
-
-
-def _check_transformers_kwargs(method, kwargs, output_attentions=None, output_hidden_states=None):
-    # transformers passes these flags to every model; anything else is a typo that would otherwise do nothing.
-    if kwargs:
-        raise TypeError(f"AtrModel.{method} got unexpected keyword arguments {sorted(kwargs)}")
-    if output_attentions or output_hidden_states:
-        raise ValueError(
-            f"AtrModel.{method} does not return attentions or hidden states: call get_audio_encoder_states / "
-            "get_text_encoder_states for the encoders' token states"
-        )
 
 
 class AtrPreTrainedModel(PreTrainedModel):
@@ -125,19 +102,19 @@ class AtrModel(AtrPreTrainedModel):
         # Multiplies lambda_cosine and lambda_l1; AtrTrainer ramps it during config.alignment_warmup_steps.
         self.alignment_scale = 1.0
 
+    def _frozen_encoders(self):
+        return [e for e, frozen in ((self.audio_model, self.config.freeze_audio_encoder), (self.text_model, self.config.freeze_text_encoder)) if frozen]
+
     def _apply_freezing(self):
-        for encoder, frozen in ((self.audio_model, self.config.freeze_audio_encoder), (self.text_model, self.config.freeze_text_encoder)):
-            # Unfrozen encoders keep their own choices (Whisper's sinusoidal positions stay fixed).
-            if frozen:
-                encoder.requires_grad_(False)
-                encoder.eval()
+        # Unfrozen encoders keep their own choices (Whisper's sinusoidal positions stay fixed).
+        for encoder in self._frozen_encoders():
+            encoder.requires_grad_(False).eval()
 
     def train(self, mode=True):
         """Switch train/eval mode; frozen encoders stay in eval mode so dropout never perturbs their outputs."""
         super().train(mode)
-        for encoder, frozen in ((self.audio_model, self.config.freeze_audio_encoder), (self.text_model, self.config.freeze_text_encoder)):
-            if frozen:
-                encoder.eval()
+        for encoder in self._frozen_encoders():
+            encoder.eval()
         return self
 
     @torch.no_grad()
@@ -266,21 +243,13 @@ class AtrModel(AtrPreTrainedModel):
 
     # ---- public API -----------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _one_of(raw_name, raw, states_name, states, required=True):
-        # Raw inputs or the frozen encoder's precomputed states of one modality, never both (and one of them if required).
-        both = raw is not None and states is not None
-        if both or required and raw is None and states is None:
-            got = f"both {raw_name} and {states_name}" if both else f"neither {raw_name} nor {states_name}"
-            raise ValueError(f"got {got}: pass either {raw_name} or {states_name} (the frozen encoder's precomputed states), not {'both' if both else 'neither'}")
-
     def get_text_features(
         self, input_ids=None, attention_mask=None, token_type_ids=None, text_hidden_states=None, return_dict=None,
         output_attentions=None, output_hidden_states=None, **kwargs,
     ):
         """Embed captions (or precomputed text-encoder states): `pooler_output` is the L2-normalised (B, projection_dim) embedding."""
-        _check_transformers_kwargs("get_text_features", kwargs, output_attentions, output_hidden_states)
-        self._one_of("input_ids", input_ids, "text_hidden_states", text_hidden_states)
+        check_transformers_kwargs("get_text_features", kwargs, output_attentions, output_hidden_states)
+        one_of("input_ids", input_ids, "text_hidden_states", text_hidden_states)
         tokens, mask = self._encode_text_tokens(input_ids, attention_mask, token_type_ids, text_hidden_states)
         output = BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=F.normalize(self._pool_text(tokens, mask), dim=-1))
         return output if return_dict is not False else output.to_tuple()
@@ -293,8 +262,8 @@ class AtrModel(AtrPreTrainedModel):
 
         `chunk_spans` (where each chunk came from in the recording) is accepted from the processor's output and not used.
         """
-        _check_transformers_kwargs("get_audio_features", kwargs, output_attentions, output_hidden_states)
-        self._one_of("input_features", input_features, "audio_hidden_states", audio_hidden_states)
+        check_transformers_kwargs("get_audio_features", kwargs, output_attentions, output_hidden_states)
+        one_of("input_features", input_features, "audio_hidden_states", audio_hidden_states)
         chunk_embeds, chunk_mask, _, _ = self._audio_chunks(
             input_features, chunk_mask, audio_attention_mask, audio_hidden_states=audio_hidden_states
         )
@@ -303,21 +272,9 @@ class AtrModel(AtrPreTrainedModel):
         return output if return_dict is not False else output.to_tuple()
 
     def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        input_features=None,
-        chunk_mask=None,
-        audio_attention_mask=None,
-        chunk_spans=None,
-        return_loss=None,
-        audio_hidden_states=None,
-        text_hidden_states=None,
-        return_dict=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        **kwargs,
+        self, input_ids=None, attention_mask=None, token_type_ids=None, input_features=None, chunk_mask=None,
+        audio_attention_mask=None, chunk_spans=None, return_loss=None, audio_hidden_states=None, text_hidden_states=None,
+        return_dict=None, output_attentions=None, output_hidden_states=None, **kwargs,
     ) -> AtrOutput:
         r"""Embed audio and/or text; with `return_loss=True` and both modalities, also compute the hybrid loss.
 
@@ -334,9 +291,9 @@ class AtrModel(AtrPreTrainedModel):
         replace `input_features` / `input_ids` by the frozen encoders' precomputed outputs (`atr.cache`): only the
         heads, attention, pooling and loss run. `chunk_spans` is accepted from the processor's output and not used.
         """
-        _check_transformers_kwargs("forward", kwargs, output_attentions, output_hidden_states)
-        self._one_of("input_features", input_features, "audio_hidden_states", audio_hidden_states, required=False)
-        self._one_of("input_ids", input_ids, "text_hidden_states", text_hidden_states, required=False)
+        check_transformers_kwargs("forward", kwargs, output_attentions, output_hidden_states)
+        one_of("input_features", input_features, "audio_hidden_states", audio_hidden_states, required=False)
+        one_of("input_ids", input_ids, "text_hidden_states", text_hidden_states, required=False)
         has_text, has_audio = input_ids is not None or text_hidden_states is not None, input_features is not None or audio_hidden_states is not None
         if not (has_text or has_audio):
             raise ValueError("forward needs input_features (audio), input_ids (text) or both")
@@ -369,21 +326,15 @@ class AtrModel(AtrPreTrainedModel):
             pair_audio, pair_text = F.normalize(pair_audio, dim=-1), F.normalize(pair_text, dim=-1)
             loss_cosine = (1 - (pair_audio * pair_text).sum(-1)).mean()
             loss_l1 = (pair_audio - pair_text).abs().mean()
-            loss_contrastive = self._contrastive_loss(audio_embeds, text_embeds, scale)
+            loss_contrastive = contrastive_loss(audio_embeds, text_embeds, scale, self.config.gather_negatives)
             loss = (
                 self.alignment_scale * (self.config.lambda_cosine * loss_cosine + self.config.lambda_l1 * loss_l1)
                 + self.config.lambda_contrastive * loss_contrastive
             )
         output = AtrOutput(
-            loss=loss,
-            logits_per_audio=logits_per_audio,
-            logits_per_text=logits_per_text,
-            text_embeds=text_embeds,
-            audio_embeds=audio_embeds,
-            chunk_weights=chunk_weights,
-            loss_contrastive=loss_contrastive,
-            loss_cosine=loss_cosine,
-            loss_l1=loss_l1,
+            loss=loss, logits_per_audio=logits_per_audio, logits_per_text=logits_per_text, text_embeds=text_embeds,
+            audio_embeds=audio_embeds, chunk_weights=chunk_weights, loss_contrastive=loss_contrastive,
+            loss_cosine=loss_cosine, loss_l1=loss_l1,
         )
         return output if return_dict is not False else output.to_tuple()
 
@@ -407,18 +358,6 @@ class AtrModel(AtrPreTrainedModel):
         pair_audio, _ = self.chunk_pooling(chunk_pairs, chunk_mask, query=text_query)
         pair_text = self.audio_to_text(audio_query, text_values, text_mask)
         return pair_audio, pair_text
-
-    def _contrastive_loss(self, audio_embeds, text_embeds, scale):
-        """Symmetric InfoNCE; in distributed training the negatives come from every process (local rows, global columns)."""
-        offset = 0
-        all_audio, all_text = audio_embeds, text_embeds
-        if self.config.gather_negatives and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            all_audio, all_text = gather_with_grad(audio_embeds), gather_with_grad(text_embeds)
-            offset = dist.get_rank() * audio_embeds.shape[0]
-        labels = torch.arange(audio_embeds.shape[0], device=audio_embeds.device) + offset
-        loss_audio = F.cross_entropy(scale * audio_embeds @ all_text.t(), labels)
-        loss_text = F.cross_entropy(scale * text_embeds @ all_audio.t(), labels)
-        return (loss_audio + loss_text) / 2
 
     # ---- pretrained backbones -------------------------------------------------------------------------------
 
@@ -447,16 +386,9 @@ class AtrModel(AtrPreTrainedModel):
         model.text_model.load_state_dict(text_encoder.state_dict())
         if not return_processor:
             return model
-        from transformers import AutoTokenizer
-
-        from .feature_extraction_atr import AtrFeatureExtractor
         from .processing_atr import AtrProcessor
 
-        extractor = AtrFeatureExtractor.from_pretrained_backbone(audio)
-        if adapter_key == "whisper":  # the window follows the (possibly overridden) number of encoder positions
-            frames = 2 * config.audio_config.max_source_positions
-            extractor = AtrFeatureExtractor.from_pretrained_backbone(audio, window_s=frames * extractor.hop_length / extractor.sampling_rate)
-        return model, AtrProcessor(extractor, AutoTokenizer.from_pretrained(text))
+        return model, AtrProcessor.from_pretrained_backbones(audio, text, config.audio_config)
 
 
 __all__ = ["AtrModel", "AtrOutput", "AtrAudioOutput", "AtrPreTrainedModel"]
