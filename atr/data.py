@@ -62,10 +62,15 @@ def decode_audio(audio, sampling_rate: int) -> np.ndarray:
         if source is None:
             raise ValueError(f"audio {name} has neither bytes nor a path: check the dataset's audio column")
         try:
-            wave, source_rate = sf.read(source, dtype="float32", always_2d=True)
+            with sf.SoundFile(source) as sound:
+                truncated = _truncation(sound)
+                wave, source_rate = sound.read(dtype="float32", always_2d=True), sound.samplerate
         except Exception as error:  # soundfile raises several types for unreadable/corrupt data
             raise ValueError(f"could not decode audio file {name}: {error}. Fix or remove the file, "
                              "or load the dataset with skip_bad_audio=True") from error
+        if truncated:
+            raise ValueError(f"audio file {name} is truncated ({truncated}): re-export or re-download it, "
+                             "or load the dataset with skip_bad_audio=True")
         wave = wave.mean(axis=1)
     if wave.size == 0:
         raise ValueError(f"audio file {name} is empty (0 samples): remove it or load with skip_bad_audio=True")
@@ -75,6 +80,19 @@ def decode_audio(audio, sampling_rate: int) -> np.ndarray:
     if source_rate != sampling_rate:
         wave = soxr.resample(wave, source_rate, sampling_rate, quality="HQ")
     return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def _truncation(sound: sf.SoundFile) -> str | None:
+    """How a WAV file is cut short, or None: libsndfile silently reads the part that is there and logs the header's size."""
+    # e.g. "data : 64000 (should be 31978)": the header promises more audio bytes than the file holds
+    found = re.search(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", sound.extra_info, flags=re.MULTILINE)
+    if found is None:
+        return None
+    promised, present = int(found.group(1)), int(found.group(2))
+    # 0 and 0xFFFFFFFF are the sizes streaming writers leave when they cannot seek back: not a truncation
+    if promised in (0, 0xFFFFFFFF) or promised <= present:
+        return None
+    return f"its header promises {promised} bytes of audio, the file holds {present}"
 
 
 def _audio_problem(audio) -> str | None:
@@ -88,10 +106,13 @@ def _audio_problem(audio) -> str | None:
     if source is None:
         return "neither bytes nor a path"
     try:
-        info = sf.info(source)
+        with sf.SoundFile(source) as sound:
+            frames, truncated = sound.frames, _truncation(sound)
     except Exception as error:
         return str(error).strip() or type(error).__name__
-    return None if info.frames > 0 else "no audio frames (empty file)"
+    if truncated:
+        return f"truncated: {truncated}"
+    return None if frames > 0 else "no audio frames (empty file)"
 
 
 def estimated_chunk_counts(dataset: Dataset, window_s: float) -> list[int]:
@@ -317,14 +338,20 @@ def _group_captions(dataset, group_by, source):
 # ---------------------------------------------------------------- noise
 
 
-def load_noise_files(folder: str | os.PathLike, sampling_rate: int) -> list[np.ndarray]:
-    """Every audio file under `folder` (sorted, recursive) decoded to mono float32 at `sampling_rate`."""
+def noise_files(folder: str | os.PathLike) -> list[Path]:
+    """The audio files under `folder` (sorted, recursive), without hidden ones such as macOS `._x.wav` AppleDouble files."""
     from audiomentations.core.utils import find_audio_files
 
-    paths = sorted(find_audio_files(folder))
+    root = Path(os.path.abspath(folder))  # find_audio_files returns absolute paths under os.path.abspath(folder)
+    paths = sorted(p for p in find_audio_files(root) if not any(part.startswith(".") for part in p.relative_to(root).parts))
     if not paths:
         raise ValueError(f"noise folder {folder} has no audio files: add .wav/.flac recordings or use white/pink noise")
-    return [decode_audio(path, sampling_rate) for path in paths]
+    return paths
+
+
+def load_noise_files(folder: str | os.PathLike, sampling_rate: int) -> list[np.ndarray]:
+    """Every audio file `noise_files(folder)` finds, decoded to mono float32 at `sampling_rate`."""
+    return [decode_audio(path, sampling_rate) for path in noise_files(folder)]
 
 
 def mix_at_snr(clean: np.ndarray, noise: str | np.ndarray | Sequence[np.ndarray], snr_db: float, *,
@@ -373,7 +400,8 @@ def make_noise_augmentation(p: float = 0.5, min_snr_db: float = 5.0, max_snr_db:
     if background_dir is not None:
         if not os.path.isdir(background_dir):
             raise ValueError(f"background noise folder {background_dir} does not exist: pass a folder of recordings")
-        transforms.append(AddBackgroundNoise(sounds_path=str(background_dir), min_snr_db=min_snr_db,
+        # the file list, not the folder: audiomentations would also pick up hidden (AppleDouble) files
+        transforms.append(AddBackgroundNoise(sounds_path=noise_files(background_dir), min_snr_db=min_snr_db,
                                              max_snr_db=max_snr_db, noise_rms="relative", p=1.0))
     return OneOf(transforms, p=p)
 
