@@ -71,7 +71,7 @@ def decode_audio(audio, sampling_rate: int) -> np.ndarray:
         if truncated:
             raise ValueError(f"audio file {name} is truncated ({truncated}): re-export or re-download it, "
                              "or load the dataset with skip_bad_audio=True")
-        wave = wave.mean(axis=1)
+        wave = wave[:, 0] if wave.shape[1] == 1 else wave.mean(axis=1)  # mono: a view, not a second copy of an hour
     if wave.size == 0:
         raise ValueError(f"audio file {name} is empty (0 samples): remove it or load with skip_bad_audio=True")
     if not np.isfinite(wave).all():

@@ -337,6 +337,17 @@ def test_evaluate_py_never_runs_a_repos_code_without_trust_remote_code(tmp_path)
     assert not marker.exists()
 
 
-# TODO(search agent): atr-search rows of this matrix (AppleDouble / unreadable files in an indexed folder with and
-# without --skip_bad_audio, an index manifest naming a non-atr model without --trust_remote_code) belong to
-# atr/search's tests; add them here once `atr-search build` supports --skip_bad_audio.
+def test_atr_search_build_names_the_bad_file_skips_with_the_flag_and_ignores_appledouble(tmp_path, model_dir, capsys):
+    from atr import search
+
+    folder = tmp_path / "recordings"
+    files = write_bad_files(folder)
+    (folder / "whole.wav").rename(folder / "good.wav")
+    argv = ["build", "--audio-dir", str(folder), "--model", str(model_dir), "--quiet", "--device", "cpu"]
+    with pytest.raises(ValueError, match=r"(?s)(empty|cut|notes)\.wav.*skip_bad_audio"):
+        search.main(argv)
+    assert search.main([*argv, "--skip_bad_audio"]) == 0
+    report = capsys.readouterr().err
+    skipped = {line.split(":")[1].split()[-1] for line in report.splitlines() if line.startswith("atr-search: skipped")}
+    assert skipped == {files["zero-byte"], files["truncated"], files["not audio"]}  # ._whole.wav: hidden, never read
+    assert "1 recordings indexed" in report
