@@ -122,6 +122,22 @@ def resolve_pretrained(name):
     return name
 
 
+def backbone_feature_extractor(model_args, audio_config):
+    """The extractor of a pretrained audio backbone's own preprocessor config, else one derived from the audio config."""
+    overrides = _json(model_args.feature_extractor_config)
+    if model_args.audio_backbone:
+        try:  # a CLAP/Whisper checkpoint's preprocessor_config.json: mel scale, range, rate, fused or not
+            extractor = AtrFeatureExtractor.from_pretrained_backbone(model_args.audio_backbone, **overrides)
+        except OSError:
+            logger.warning("%s has no preprocessor config: using the feature settings its audio config implies", model_args.audio_backbone)
+        else:
+            if extractor.backbone == "whisper" and "window_s" not in overrides:  # the window follows the encoder's positions
+                window_s = 2 * audio_config.max_source_positions * extractor.hop_length / extractor.sampling_rate
+                extractor = AtrFeatureExtractor.from_pretrained_backbone(model_args.audio_backbone, **overrides, window_s=window_s)
+            return extractor
+    return AtrFeatureExtractor.from_audio_config(audio_config, **overrides)
+
+
 def build_model_and_processor(model_args):
     """The model and its processor, from a trained atr model or from backbones."""
     if model_args.model_name_or_path:
@@ -146,7 +162,7 @@ def build_model_and_processor(model_args):
     model.config.text_backbone_id = model_args.text_backbone
     if model_args.audio_backbone:
         model.config.audio_backbone_id = model_args.audio_backbone
-    feature_extractor = AtrFeatureExtractor.from_audio_config(model.config.audio_config, **_json(model_args.feature_extractor_config))
+    feature_extractor = backbone_feature_extractor(model_args, model.config.audio_config)
     processor = AtrProcessor(feature_extractor, AutoTokenizer.from_pretrained(text_path, trust_remote_code=model_args.trust_remote_code))
     return model, processor
 
@@ -278,7 +294,7 @@ def push_folder(output_dir, repo_id, token=None, private=None):
     create_repo(repo_id, token=token, private=private, exist_ok=True)
     return upload_folder(
         repo_id=repo_id, folder_path=output_dir, token=token, commit_message="Upload atr model",
-        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**", "*.pt", "training_args.bin"],
+        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "run-*/**", "runs/**", "*.pt", "training_args.bin"],
     )
 
 
@@ -296,6 +312,7 @@ def search_hyperparameters(model_args, training_args, trainer_kwargs, n_trials):
     training_args.learning_rate = best.hyperparameters["learning_rate"]
     weights = {name: best.hyperparameters[name] for name in hp_search.LOSS_WEIGHTS}
     model_args.model_config = json.dumps({**_json(model_args.model_config), **weights})
+    set_seed(training_args.seed)  # the final model starts from the same initialisation as the trials did
     return build(weights)
 
 

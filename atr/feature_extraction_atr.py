@@ -196,9 +196,7 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
                 hop_length=source.hop_length, n_fft=source.n_fft, window_s=source.n_samples / source.sampling_rate,
             )
         else:
-            raise ValueError(
-                f"audio backbone {path!r} has a {type(source).__name__}: expected a CLAP or Whisper feature extractor"
-            )
+            raise ValueError(f"audio backbone {path!r} has a {type(source).__name__}: expected a CLAP or Whisper feature extractor")
         kwargs.update(overrides)
         return cls(**kwargs)
 
@@ -392,6 +390,9 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
             return list(raw_audio)
         audio = raw_audio.detach().cpu().numpy() if hasattr(raw_audio, "detach") else np.asarray(raw_audio)
         # transformers' convention: a 2-D array is a batch of clips; multichannel audio goes inside a list
+        if audio.ndim == 2 and audio.shape[0] > audio.shape[1]:
+            raise ValueError(f"audio has shape {audio.shape}: a 2-D array is a batch of (clips, samples), and this looks like "
+                             "(samples, channels) as soundfile returns it: pass [audio.T] for one multichannel clip")
         return list(audio) if audio.ndim == 2 else [audio]
 
 

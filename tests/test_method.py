@@ -182,3 +182,9 @@ def test_fused_and_unfused_clap_backbones_load_and_embed(tmp_path, fused):
     with torch.no_grad():
         out = model.eval()(**batch)
     assert out.audio_embeds.shape == (2, 16) and torch.isfinite(out.audio_embeds).all()
+
+
+def test_a_samples_by_channels_array_is_refused_not_read_as_a_batch():
+    fe = AtrFeatureExtractor.from_audio_config(tiny_whisper_config())
+    with pytest.raises(ValueError, match=r"\(samples, channels\).*\[audio.T\]"):
+        fe(np.zeros((300, 2), dtype=np.float32), sampling_rate=SR)

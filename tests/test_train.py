@@ -207,3 +207,19 @@ def test_resume_in_epoch_two_with_two_workers_gives_the_uninterrupted_losses(tmp
     resumed_losses = logged_losses(resumed)
     for step in (11, 12):
         assert abs(resumed_losses[step] - full_losses[step]) < 1e-6, (step, resumed_losses, full_losses)
+
+
+def test_a_pretrained_audio_backbone_brings_its_own_preprocessing(tmp_path, tiny_text):
+    """--audio_backbone uses the checkpoint's preprocessor_config.json (mel range, hop, truncation), not atr's defaults."""
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
+
+    torch.manual_seed(0)
+    clap = ClapConfig(audio_config=tiny_clap_audio_config().to_dict(), text_config=tiny_roberta_config().to_dict())
+    ClapModel(clap).save_pretrained(tmp_path / "clap")
+    ClapFeatureExtractor(feature_size=16, sampling_rate=16000, hop_length=160, max_length_s=2, fft_window_size=400,
+                         frequency_min=50, frequency_max=7000, truncation="rand_trunc").save_pretrained(tmp_path / "clap")
+    model_args = train.parse_args(["--config", TINY, "--text_backbone", tiny_text, "--audio_backbone", str(tmp_path / "clap"),
+                                   "--audio_encoder_config", "null", "--feature_extractor_config", "{}"])[0]
+    _, processor = train.build_model_and_processor(model_args)
+    fe = processor.feature_extractor
+    assert (fe.sampling_rate, fe.hop_length, fe.n_fft, fe.frequency_min, fe.frequency_max, fe.window_s) == (16000, 160, 400, 50, 7000, 2)
