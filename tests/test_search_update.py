@@ -133,9 +133,13 @@ def test_two_builds_of_one_folder_at_once_leave_a_complete_correct_index(tmp_pat
     argv = ["build", "--audio-dir", str(folder), "--model", str(model_dir), "--index-dir", str(tmp_path / "index"), "--quiet"]
     runs = [subprocess.Popen([sys.executable, "-m", "atr.search", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]
+    errors = []
     for run in runs:
         _, err = run.communicate(timeout=600)
         assert run.returncode == 0, err
+        errors.append(err)
+    # the lock makes them take turns: one embeds the folder, the other finds it done
+    assert sorted("embedded 6," in err for err in errors) == [False, True]
     same_index(AudioIndex.load(tmp_path / "index", model, processor),
                AudioIndex.build(model, processor, folder, tmp_path / "fresh", progress=False))
     assert not list((tmp_path / "index").glob("*.tmp"))
