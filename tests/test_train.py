@@ -195,15 +195,30 @@ def test_hp_search_scores_trials_on_validation_and_trains_with_the_best(tmp_path
     assert trainer.args.learning_rate != 0.001 and "t2a_mAP10" in "".join(results)
 
 
-def test_resume_in_epoch_two_with_two_workers_gives_the_uninterrupted_losses(tmp_path, tiny_text):
-    """Noise, caption and chunk draws come from (seed, epoch, sample index), and the sample order from (seed, epoch)."""
+def test_resume_in_epoch_two_with_two_workers_gives_the_uninterrupted_losses(tmp_path, tiny_text, monkeypatch):
+    """Noise, caption and chunk draws come from (seed, epoch, clip_index), and the sample order from (seed, epoch)."""
+    from transformers import TrainerCallback
+
     # 32 clips / batch 4 = 8 steps per epoch: step 10 is inside epoch 2; 2 workers collate alternate batches
     base = ["--test_split", "", "--eval_split", "", "--noise_probability", "0.5", "--save_steps", "10", "--max_steps", "12",
             "--dataloader_num_workers", "2"]
     _, full = run_train(tmp_path / "full", tiny_text, *base)
     full_losses = logged_losses(full)
-    # the state a run stopped at step 10 leaves: resume from it into a fresh directory
-    _, resumed = run_train(tmp_path / "resumed", tiny_text, *base, "--resume_from_checkpoint", str(full / "checkpoint-10"))
+
+    class StopAtStepTen(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step == 10
+
+    class InterruptedTrainer(train.AtrTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.add_callback(StopAtStepTen())
+
+    with monkeypatch.context() as patch:  # the interrupted run: stopped in epoch 2, right after checkpoint-10
+        patch.setattr(train, "AtrTrainer", InterruptedTrainer)
+        _, stopped = run_train(tmp_path / "stopped", tiny_text, *base)
+    assert max(logged_losses(stopped)) == 10
+    _, resumed = run_train(tmp_path / "resumed", tiny_text, *base, "--resume_from_checkpoint", str(stopped / "checkpoint-10"))
     resumed_losses = logged_losses(resumed)
     for step in (11, 12):
         assert abs(resumed_losses[step] - full_losses[step]) < 1e-6, (step, resumed_losses, full_losses)
