@@ -238,3 +238,8 @@ def test_a_pretrained_audio_backbone_brings_its_own_preprocessing(tmp_path, tiny
     _, processor = train.build_model_and_processor(model_args)
     fe = processor.feature_extractor
     assert (fe.sampling_rate, fe.hop_length, fe.n_fft, fe.frequency_min, fe.frequency_max, fe.window_s) == (16000, 160, 400, 50, 7000, 2)
+
+
+def test_refuses_persistent_workers_that_would_replay_epoch_one(tmp_path, tiny_text):
+    with pytest.raises(ValueError, match=r"--dataloader_persistent_workers keeps epoch 1's copy of the collator .*drop the flag"):
+        run_train(tmp_path, tiny_text, "--dataloader_num_workers", "1", "--dataloader_persistent_workers", "true")
