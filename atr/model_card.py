@@ -92,6 +92,14 @@ Install `torch`, `transformers`, `soundfile` and `soxr`, then rank a few files a
 Embed a corpus once with `get_audio_features` and search it with a matrix product (or an ANN index): inference is a
 plain dual encoder.
 
+## Try it in a Space
+
+Hub widgets do not run custom-code models, so the interactive demo of this model is a Space: the `atr` package writes
+one (a Gradio search page with text and query-by-example search, a player that starts at the matched span) with
+`atr-search space ./space --model {{ repo_id }} --audio-dir your_recordings/`, then
+`hf upload {{ space_id }} ./space --repo-type space` publishes it at
+[{{ space_id }}](https://huggingface.co/spaces/{{ space_id }}).
+
 ## Architecture
 
 {{ architecture }}
@@ -344,6 +352,8 @@ def build_model_card(
         model_name=model_name,
         projection_dim=config.projection_dim,
         usage=USAGE.format(repo_id=repo_id),
+        repo_id=repo_id,
+        space_id=f"{repo_id}-search",
         architecture=_architecture(config),
         loss=_loss(config),
         training=_training(training_args, data_args, dataset),
