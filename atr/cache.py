@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datasets import Array2D, Array3D, Dataset, Features, IterableDataset, Value
+from datasets import Array2D, Array3D, Dataset, Features, IterableDataset, List, Value
 from datasets.arrow_writer import ArrowWriter
 from filelock import FileLock
 
@@ -30,7 +30,7 @@ from .embedding import module_fingerprint
 logger = logging.getLogger(__name__)
 
 # Bump when what is stored (or how) changes: it is part of every fingerprint.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: audio rows hold audio_frames (the Whisper token mask)
 DATA_FILE, META_FILE = "data.arrow", "meta.json"
 
 
@@ -224,12 +224,16 @@ def build_audio_cache(model, processor, dataset, cache_root=None, num_views: int
             mask = batch["chunk_mask"].bool()
             states = model.get_audio_encoder_states(batch["input_features"].to(device)[mask.to(device)]).float().cpu()
             per_view = torch.split(states, mask.sum(1).tolist())
-            for row, clip_states in enumerate(per_view):
-                yield {"clip": start + row // (num_views + 1), "view": row % (num_views + 1), "audio_states": clip_states.numpy().astype(dtype)}
+            # real feature frames per chunk: the token mask of a padded (Whisper) window is rebuilt from them
+            frames = torch.split(batch["audio_attention_mask"][mask].sum(-1), mask.sum(1).tolist())
+            for row, (clip_states, clip_frames) in enumerate(zip(per_view, frames)):
+                yield {"clip": start + row // (num_views + 1), "view": row % (num_views + 1),
+                       "audio_states": clip_states.numpy().astype(dtype), "audio_frames": clip_frames.tolist()}
 
     tokens, width = _audio_token_shape(model, extractor)
     features = Features({
         "clip": Value("int64"), "view": Value("int64"), "audio_states": Array3D(shape=(None, tokens, width), dtype=dtype),
+        "audio_frames": List(Value("int64")),
     })
     meta = {"kind": "audio", "fingerprint": key, "clips": len(dataset), "views": num_views + 1, "seed": seed, "dtype": dtype}
     return _write(directory, features, rows(), meta)
@@ -269,7 +273,7 @@ class CachedCollator(AtrCollator):
         super().__init__(processor, training=True, **kwargs)
         # numpy, not torch, format: datasets' torch formatter is about 1.5x slower on these nested arrays.
         self.text_cache = None if text_cache is None else text_cache.with_format("numpy", columns=["text_states"])
-        self.audio_cache = None if audio_cache is None else audio_cache.with_format("numpy", columns=["audio_states"])
+        self.audio_cache = None if audio_cache is None else audio_cache.with_format("numpy", columns=["audio_states", "audio_frames"])
         self.noise_probability = float(noise_probability)
         self.num_views = 0
         if audio_cache is not None:
@@ -287,7 +291,7 @@ class CachedCollator(AtrCollator):
             return 0
         return 1 + int(rng.integers(self.num_views))
 
-    def _sample_chunks(self, states: list[torch.Tensor], generator: np.random.Generator) -> list[torch.Tensor]:
+    def _sample_chunks(self, states: list, generator: np.random.Generator) -> list:
         """Keep at most max_train_chunks chunks per clip, drawn as the feature extractor draws them."""
         cap = self.processor_kwargs.get("max_train_chunks") or self.processor.feature_extractor.max_train_chunks
         if cap is None:
@@ -311,8 +315,13 @@ class CachedCollator(AtrCollator):
             batch.update(self.processor(text=texts, return_tensors="pt"))
         if self.audio_cache is not None:
             indices = [c * (self.num_views + 1) + self._view(seed) for c, seed in zip(clips, seeds)]
-            states = self._sample_chunks([torch.from_numpy(a).float() for a in self.audio_cache[indices]["audio_states"]], generator)
+            cached = self.audio_cache[indices]
+            keep = self._sample_chunks([np.arange(len(a)) for a in cached["audio_states"]], generator)
+            states = [torch.from_numpy(a[k]).float() for a, k in zip(cached["audio_states"], keep)]
             batch["audio_hidden_states"], batch["chunk_mask"] = _pad(states)
+            frames = _pad([torch.from_numpy(np.asarray(f)[k]) for f, k in zip(cached["audio_frames"], keep)])[0]
+            total = self.processor.feature_extractor.frames_per_chunk
+            batch["audio_attention_mask"] = (torch.arange(total) < frames[..., None]).long()
         else:
             waves = [decode_audio(row["audio"], self.sampling_rate) for row in rows]
             if self.augment is not None:
