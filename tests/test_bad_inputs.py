@@ -281,15 +281,6 @@ def test_noise_folders_skip_hidden_appledouble_files(tmp_path):
     assert [Path(p).name for p in augment.transforms[-1].sound_file_paths] == ["rain.wav"]
 
 
-@pytest.fixture(scope="module")
-def tiny_text(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    BertModel(tiny_bert_config()).save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return str(path)
-
-
 def test_train_py_names_the_bad_file_and_trains_with_skip_bad_audio(tmp_path, tiny_text, caplog):
     manifest, files = bad_manifest(tmp_path)
     noise = tmp_path / "noise"

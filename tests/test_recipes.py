@@ -172,15 +172,6 @@ def test_fsd50k_zero_shot_recipe(tmp_path, tiny_model, monkeypatch):
     assert 0 <= results["conditions"][0]["metrics"]["mAP10"] <= 1
 
 
-@pytest.fixture(scope="module")
-def tiny_text(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    BertModel(tiny_bert_config()).save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return str(path)
-
-
 def train_test_folder(folder, count=10):
     """The common layout of a user's own data: train/ and test/ only."""
     for split in ("train", "test"):

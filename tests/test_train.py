@@ -20,16 +20,6 @@ TINY = str(ROOT / "tests" / "configs" / "tiny.yaml")
 EVENTS = {"dog bark": 440.0, "siren": 900.0, "bell": 1500.0, "engine": 120.0}
 
 
-@pytest.fixture(scope="module")
-def tiny_text(tmp_path_factory):
-    """A tiny BERT text encoder and tokenizer saved to disk (stands in for a Hub id)."""
-    path = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    BertModel(tiny_bert_config()).save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return str(path)
-
-
 def write_clips(folder, count, seed, fmt):
     """Write `count` short tone clips (wav or flac); return (file name, 5 captions) rows."""
     rng = np.random.default_rng(seed)
