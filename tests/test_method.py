@@ -188,3 +188,17 @@ def test_a_samples_by_channels_array_is_refused_not_read_as_a_batch():
     fe = AtrFeatureExtractor.from_audio_config(tiny_whisper_config())
     with pytest.raises(ValueError, match=r"\(samples, channels\).*\[audio.T\]"):
         fe(np.zeros((300, 2), dtype=np.float32), sampling_rate=SR)
+
+
+def test_unknown_keyword_arguments_are_refused_and_transformers_flags_honoured():
+    """A typo must not be swallowed; return_dict=False gives a tuple; hidden-state/attention outputs are refused clearly."""
+    model = make_model().eval()
+    ids = torch.randint(5, 99, (2, 6))
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['input_feature'\\]"):
+        model(input_ids=ids, input_feature=torch.randn(2, 1, 1, 64, 16))
+    with pytest.raises(TypeError, match="attention_maks"):
+        model.get_text_features(input_ids=ids, attention_maks=torch.ones_like(ids))
+    with pytest.raises(ValueError, match="get_text_encoder_states"):
+        model.get_text_features(input_ids=ids, output_hidden_states=True)
+    as_tuple = model.get_text_features(input_ids=ids, return_dict=False)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[1], model.get_text_features(input_ids=ids).pooler_output)
