@@ -89,8 +89,8 @@ def _truncation(sound: sf.SoundFile) -> str | None:
     if found is None:
         return None
     promised, present = int(found.group(1)), int(found.group(2))
-    # 0 and 0xFFFFFFFF are the sizes streaming writers leave when they cannot seek back: not a truncation
-    if promised in (0, 0xFFFFFFFF) or promised <= present:
+    # 0, 0x7FFFF000 (espeak-ng) and 0xFFFFFFFF are the sizes streaming writers leave when they cannot seek back
+    if promised in (0, 0x7FFFF000, 0xFFFFFFFF) or promised <= present:
         return None
     return f"its header promises {promised} bytes of audio, the file holds {present}"
 
