@@ -38,6 +38,13 @@ def _audio_name(audio) -> str:
     return str(audio)
 
 
+def _audio_source(audio):
+    """What soundfile reads for an audio value without an array: its bytes, else its path (None when it has neither)."""
+    if isinstance(audio, dict):
+        return io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio.get("path")
+    return os.fspath(audio)
+
+
 def decode_audio(audio, sampling_rate: int) -> np.ndarray:
     """Float32 mono waveform at `sampling_rate` from a path, a {"path", "bytes"} dict or a {"array", "sampling_rate"} dict.
 
@@ -55,10 +62,7 @@ def decode_audio(audio, sampling_rate: int) -> np.ndarray:
             raise ValueError(f"audio {name}: {error}") from error
         source_rate = int(audio["sampling_rate"])
     else:
-        if isinstance(audio, dict):
-            source = io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio.get("path")
-        else:
-            source = os.fspath(audio)
+        source = _audio_source(audio)
         if source is None:
             raise ValueError(f"audio {name} has neither bytes nor a path: check the dataset's audio column")
         try:
@@ -99,10 +103,7 @@ def _audio_problem(audio) -> str | None:
     """Why an audio value cannot be read (header-level check, no full decode), or None when it looks fine."""
     if isinstance(audio, dict) and audio.get("array") is not None:
         return None if np.asarray(audio["array"]).size else "empty array"
-    if isinstance(audio, dict):
-        source = io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio.get("path")
-    else:
-        source = audio
+    source = _audio_source(audio)
     if source is None:
         return "neither bytes nor a path"
     try:
@@ -123,9 +124,7 @@ def estimated_chunk_counts(dataset: Dataset, window_s: float) -> list[int]:
             if isinstance(audio, dict) and audio.get("array") is not None:
                 seconds = np.shape(audio["array"])[-1] / audio["sampling_rate"]  # (samples,) or (channels, samples)
             else:
-                source = io.BytesIO(audio["bytes"]) if isinstance(audio, dict) and audio.get("bytes") else (
-                    audio.get("path") if isinstance(audio, dict) else audio)
-                seconds = sf.info(source).duration
+                seconds = sf.info(_audio_source(audio)).duration
             counts.append(max(1, int(np.ceil(seconds / window_s))))
     return counts
 
