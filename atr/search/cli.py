@@ -62,9 +62,10 @@ def _common(parser, index_required=False):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _build_options(parser):
-    parser.add_argument("--audio-dir", required=True, help="folder of audio files (searched recursively, hidden files ignored)")
+def _build_options(parser, folder_required=True):
+    parser.add_argument("--audio-dir", required=folder_required, help="folder of audio files (searched recursively, hidden files ignored)")
     parser.add_argument("--batch-size", type=int, default=8, help="recordings embedded at once")
+    parser.add_argument("--shard-size", type=int, default=1024, help="recordings per shard file (an interrupted build resumes from the last one)")
     parser.add_argument("--skip_bad_audio", action="store_true", help="leave unreadable files out (listed in the manifest) instead of stopping")
     parser.add_argument("--overwrite", action="store_true", help="rebuild the index even if it was made with another model")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -91,7 +92,7 @@ def _open_index(args):
     """Load the model and bring the folder's index up to date; report what changed and what was skipped."""
     index_dir = Path(args.index_dir) if args.index_dir else Path(args.audio_dir) / ".atr-index"
     model, processor = load_model(resolve_model_id(args.model, index_dir), args.trust_remote_code, args.device)
-    index = AudioIndex.update(model, processor, args.audio_dir, index_dir, batch_size=args.batch_size,
+    index = AudioIndex.update(model, processor, args.audio_dir, index_dir, batch_size=args.batch_size, shard_size=args.shard_size,
                               overwrite=args.overwrite, skip_bad_audio=args.skip_bad_audio, progress=not args.quiet)
     report = index.last_update
     if report["embedded"] or report["removed"]:
@@ -127,10 +128,33 @@ def _search(argv):
 
 
 def _build(argv):
-    parser = argparse.ArgumentParser(prog="atr-search build", description="Embed a folder, or bring its index up to date.")
-    _build_options(parser)
+    parser = argparse.ArgumentParser(
+        prog="atr-search build", description="Embed a folder, or bring its index up to date; under `accelerate launch`, "
+        "every process embeds its part of the folder (see atr.search.distributed).")
+    parser.add_argument("folder", nargs="?", help="folder of audio files (the same as --audio-dir)")
+    _build_options(parser, folder_required=False)
     _common(parser)
-    index = _open_index(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    if (args.folder is None) == (args.audio_dir is None):
+        parser.error("give the folder of recordings once: as FOLDER or as --audio-dir")
+    args.audio_dir = args.audio_dir or args.folder
+    from accelerate import PartialState
+
+    state = PartialState(cpu=args.device == "cpu")  # without cpu=True, CPU processes would each think they are alone
+    if state.num_processes == 1:
+        index = _open_index(args)
+    else:
+        from .distributed import build_distributed
+
+        index_dir = Path(args.index_dir) if args.index_dir else Path(args.audio_dir) / ".atr-index"
+        model, processor = load_model(resolve_model_id(args.model, index_dir), args.trust_remote_code, state.device)
+        index, report = build_distributed(model, processor, args.audio_dir, index_dir, batch_size=args.batch_size,
+                                          shard_size=args.shard_size, overwrite=args.overwrite,
+                                          skip_bad_audio=args.skip_bad_audio, progress=not args.quiet and state.is_main_process, state=state)
+        print(f"atr-search: rank {state.process_index} of {state.num_processes} embedded {len(report['embedded'])}, "
+              f"kept {report['kept']}", file=sys.stderr)
+        if not state.is_main_process:
+            return 0
     print(f"atr-search: {len(index)} recordings indexed in {str(index.out_dir)!r}", file=sys.stderr)
     return 0
 

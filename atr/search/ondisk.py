@@ -1,0 +1,181 @@
+"""Search past RAM: an IVF-PQ index whose inverted lists live on disk, re-ranked with float16 vectors read on demand.
+
+`build_ondisk_index(VectorFile(path, dim), out_dir)` trains FAISS IVF-PQ on a sample, adds the vectors block by block
+(each block written as its own file, so an interrupted build resumes), then merges the blocks into one on-disk
+inverted-list file with `faiss.contrib.ondisk.merge_ondisk`. `OnDiskIndex(out_dir).search(queries, k)` scans
+`nprobe` lists through the memory-mapped list file and re-scores the top `k * k_factor` candidates exactly with the
+float16 rows, read with `os.pread` (they enter the page cache, never the process's own memory).
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .backends import _sort_candidates, require_faiss
+
+SETTINGS = "ondisk.json"
+TRAINED = "trained.index"
+INDEX = "ivfpq.index"
+LISTS = "ivfpq.ivfdata"
+
+
+class VectorFile:
+    """Row-major vectors (float16 or float32) in a raw file: read by block or by row, never mapped or loaded whole."""
+
+    def __init__(self, path, dim, dtype="float16"):
+        self.path, self.dim, self.dtype = Path(path), int(dim), np.dtype(dtype)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"vector file {str(self.path)!r} does not exist: write it with VectorFile.write")
+        self.row_bytes = self.dim * self.dtype.itemsize
+        size = self.path.stat().st_size
+        if size % self.row_bytes:
+            raise ValueError(
+                f"vector file {str(self.path)!r} has {size} bytes, not a whole number of {self.dim}-d {self.dtype} rows: "
+                "check dim and dtype"
+            )
+        self.rows = size // self.row_bytes
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    def __len__(self):
+        return self.rows
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+
+    @classmethod
+    def write(cls, path, blocks, dim, dtype="float16"):
+        """Write an iterable of (rows, dim) blocks to a new file (refuses to overwrite one); returns the VectorFile."""
+        path = Path(path)
+        if path.exists():
+            raise FileExistsError(f"vector file {str(path)!r} exists: delete it or write another path")
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as f:
+                for block in blocks:
+                    block = np.asarray(block)
+                    if block.ndim != 2 or block.shape[1] != dim:
+                        raise ValueError(f"a block has shape {block.shape}, expected (rows, {dim})")
+                    f.write(np.ascontiguousarray(block, dtype=dtype).tobytes())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return cls(path, dim, dtype)
+
+    def read(self, start, stop):
+        """Rows [start, stop) as float32."""
+        stop = min(stop, self.rows)
+        data = os.pread(self._fd, (stop - start) * self.row_bytes, start * self.row_bytes)
+        return np.frombuffer(data, self.dtype).reshape(-1, self.dim).astype(np.float32)
+
+    def gather(self, ids):
+        """The rows `ids` (any order, repeats allowed) as float32 (len(ids), dim), one pread per run of adjacent rows."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        unique, inverse = np.unique(ids, return_inverse=True)
+        if len(unique) and (unique[0] < 0 or unique[-1] >= self.rows):
+            raise IndexError(f"row ids {unique[0]}..{unique[-1]} are outside the {self.rows} rows of {str(self.path)!r}")
+        breaks = np.flatnonzero(np.diff(unique) != 1) + 1
+        parts = [os.pread(self._fd, len(run) * self.row_bytes, int(run[0]) * self.row_bytes) for run in np.split(unique, breaks)]
+        rows = np.frombuffer(b"".join(parts), self.dtype).reshape(-1, self.dim)
+        return rows[inverse].astype(np.float32)
+
+
+def _sample_rows(vectors, count, seed, block_rows):
+    """`count` rows drawn without replacement, read block by block in file order (float32)."""
+    chosen = np.sort(np.random.default_rng(seed).choice(len(vectors), size=min(count, len(vectors)), replace=False))
+    out = []
+    for start in range(0, len(vectors), block_rows):
+        wanted = chosen[(chosen >= start) & (chosen < start + block_rows)]
+        if len(wanted):
+            out.append(vectors.read(start, start + block_rows)[wanted - start])
+    return np.concatenate(out)
+
+
+def build_ondisk_index(vectors, out_dir, nlist=4096, pq_m=64, train_rows=160_000, block_rows=500_000, niter=10, seed=0,
+                       progress=print):
+    """IVF-PQ (inner product) over a `VectorFile` with inverted lists on disk; resumes per block; returns an OnDiskIndex.
+
+    Memory: one float32 block (`block_rows` x dim) and that block's codes at a time, plus the training sample.
+    """
+    faiss = require_faiss()
+    from faiss.contrib.ondisk import merge_ondisk
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = {"vectors": os.path.relpath(vectors.path.resolve(), out_dir.resolve()), "dim": vectors.dim,
+                "dtype": str(vectors.dtype), "rows": len(vectors), "nlist": nlist, "pq_m": pq_m, "block_rows": block_rows}
+    if (out_dir / SETTINGS).exists():
+        previous = json.loads((out_dir / SETTINGS).read_text())
+        if {k: previous.get(k) for k in settings} != settings:
+            raise ValueError(f"{str(out_dir)!r} holds an on-disk index built with {previous}, not {settings}: use another out_dir")
+        if (out_dir / INDEX).exists():
+            return OnDiskIndex(out_dir)
+    if vectors.dim % pq_m:
+        raise ValueError(f"vectors have dimension {vectors.dim}, not a multiple of pq_m={pq_m}: pick a pq_m that divides it")
+    (out_dir / SETTINGS).write_text(json.dumps(settings, indent=1))
+    if not (out_dir / TRAINED).exists():
+        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(vectors.dim), vectors.dim, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter = niter
+        progress(f"training IVF{nlist},PQ{pq_m} on {min(train_rows, len(vectors))} rows")
+        index.train(_sample_rows(vectors, train_rows, seed, block_rows))
+        _write_index(faiss, index, out_dir / TRAINED)
+    block_files = []
+    for number, start in enumerate(range(0, len(vectors), block_rows)):
+        path = out_dir / f"block-{number:05d}.index"
+        block_files.append(str(path))
+        if path.exists():  # done before an interruption
+            continue
+        index = faiss.read_index(str(out_dir / TRAINED))
+        block = vectors.read(start, start + block_rows)
+        index.add_with_ids(block, np.arange(start, start + len(block), dtype=np.int64))
+        _write_index(faiss, index, path)
+        progress(f"added rows {start}..{start + len(block)} of {len(vectors)}")
+        del index, block
+    index = faiss.read_index(str(out_dir / TRAINED))
+    (out_dir / LISTS).unlink(missing_ok=True)  # a merge interrupted half-way starts again
+    merge_ondisk(index, block_files, str(out_dir / LISTS))
+    _write_index(faiss, index, out_dir / INDEX)
+    for path in block_files:
+        Path(path).unlink()
+    return OnDiskIndex(out_dir)
+
+
+def _write_index(faiss, index, path):
+    """faiss.write_index under a temporary name, then rename: a killed build never leaves half an index file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    faiss.write_index(index, str(tmp))
+    os.replace(tmp, path)
+
+
+class OnDiskIndex:
+    """A built on-disk IVF-PQ index and its float16 vectors: top-k search with exact re-ranking, in bounded memory."""
+
+    def __init__(self, out_dir):
+        faiss = require_faiss()
+        self.out_dir = Path(out_dir)
+        if not (self.out_dir / INDEX).exists():
+            raise FileNotFoundError(f"no on-disk index at {str(self.out_dir)!r} ({INDEX} missing): run build_ondisk_index")
+        self.settings = json.loads((self.out_dir / SETTINGS).read_text())
+        # the list file is looked up next to the index file, not where it was built: a moved folder still opens
+        self.index = faiss.read_index(str(self.out_dir / INDEX), faiss.IO_FLAG_ONDISK_SAME_DIR)
+        self.vectors = VectorFile(self.out_dir / self.settings["vectors"], self.settings["dim"], self.settings["dtype"])
+
+    def __len__(self):
+        return self.index.ntotal
+
+    def search(self, queries, k=10, nprobe=32, k_factor=50):
+        """(scores, indices) (Q, k): `nprobe` lists scanned by PQ, the top k*k_factor re-scored exactly, best first."""
+        queries = torch.as_tensor(queries, dtype=torch.float32).reshape(-1, self.index.d).contiguous()
+        self.index.nprobe = nprobe
+        wanted = min(len(self), k * k_factor)
+        _, ids = self.index.search(queries.numpy(), wanted)
+        ids = torch.from_numpy(ids).long()
+        missing = ids < 0  # faiss pads with -1 when the probed lists hold fewer than asked
+        candidates = torch.from_numpy(self.vectors.gather(ids.clamp(min=0).numpy())).view(*ids.shape, -1)
+        scores = torch.bmm(candidates, queries[:, :, None]).squeeze(2).masked_fill(missing, float("-inf"))
+        return _sort_candidates(scores, ids.masked_fill(missing, torch.iinfo(torch.long).max), min(k, wanted))

@@ -1,0 +1,79 @@
+"""Collections past one machine: a 2-process build (accelerate, gloo on CPU) equal to a 1-process one and resumable per
+rank after a kill, the on-disk IVF-PQ index, and export to Qdrant (local mode) answering like exact search."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from atr.search import AudioIndex, exact_search
+from atr.search.distributed import rank_dir
+from tests.test_search import model_and_processor, model_dir  # noqa: F401 (fixtures)
+from tests.test_search_update import write_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = [f"rec-{i}.wav" for i in range(8)]
+# accelerate's --cpu with several processes needs MPI; --multi_gpu runs torchrun, which uses gloo on a CPU machine.
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+          "--mixed_precision", "no", "--dynamo_backend", "no"]
+# Rank 1 dies (SIGKILL, no clean-up) while decoding its third file: its first shard (2 files) is finished by then.
+KILL_RANK_1 = textwrap.dedent("""
+    import os, signal, sys
+    from atr.search import index as search_index
+    from atr.search.cli import main
+
+    real, calls = search_index.decode_audio, []
+
+    def decode(source, rate):
+        calls.append(source)
+        if os.environ["RANK"] == "1" and len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(source, rate)
+
+    search_index.decode_audio = decode
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def launch(*args, **kwargs):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([*LAUNCH, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300, **kwargs)
+
+
+def test_two_process_build_equals_one_process_and_a_killed_rank_resumes_without_re_embedding(tmp_path, model_dir, model_and_processor):
+    model, processor = model_and_processor
+    folder = write_folder(tmp_path / "audio", NAMES)
+    out = tmp_path / "index"
+    options = ["build", str(folder), "--index-dir", str(out), "--model", str(model_dir), "--batch-size", "2", "--shard-size", "2", "--quiet"]
+    script = tmp_path / "kill_rank_1.py"
+    script.write_text(KILL_RANK_1)
+
+    crashed = launch(str(script), *options)
+    assert crashed.returncode != 0, crashed.stderr
+    assert not (out / "manifest.json").exists()  # rank 0 writes it only once every rank is done
+    done = {}
+    for rank in (0, 1):
+        path = rank_dir(out, rank, 2) / "manifest.json"
+        done[rank] = len(json.loads(path.read_text())["items"]) if path.exists() else 0
+    assert done[1] == 2  # the killed rank's first shard survived
+
+    resumed = launch("-m", "atr.search", *options)
+    assert resumed.returncode == 0, resumed.stderr
+    reports = {int(r): (int(e), int(k)) for r, e, k in re.findall(r"rank (\d) of 2 embedded (\d+), kept (\d+)", resumed.stderr)}
+    assert reports == {0: (4 - done[0], done[0]), 1: (2, 2)}, resumed.stderr  # only what no finished shard holds
+
+    two = AudioIndex.load(out, model, processor)
+    one = AudioIndex.build(model, processor, folder, tmp_path / "one", batch_size=2, shard_size=2, progress=False)
+    assert two.names == one.names == NAMES
+    assert (two.embeddings - one.embeddings).abs().max() < 1e-6
+    assert (two.chunk_embeddings.float() - one.chunk_embeddings.float()).abs().max() < 1e-6
+    assert torch.equal(two.chunk_offsets, one.chunk_offsets)
+    np.testing.assert_array_equal(two.chunk_spans, one.chunk_spans)
+    assert [h.name for h in two.search_by_embedding(one.embeddings[3], k=3)[0]] == [h.name for h in one.search_by_embedding(one.embeddings[3], k=3)[0]]
