@@ -77,3 +77,46 @@ def test_two_process_build_equals_one_process_and_a_killed_rank_resumes_without_
     assert torch.equal(two.chunk_offsets, one.chunk_offsets)
     np.testing.assert_array_equal(two.chunk_spans, one.chunk_spans)
     assert [h.name for h in two.search_by_embedding(one.embeddings[3], k=3)[0]] == [h.name for h in one.search_by_embedding(one.embeddings[3], k=3)[0]]
+
+
+# ---- export to a vector database (Qdrant, local mode) -------------------------------------------------------------
+
+
+def test_export_to_qdrant_local_mode_answers_with_the_exact_top_10_and_spans(tmp_path, model_dir, model_and_processor, capsys):
+    pytest.importorskip("qdrant_client")
+    from atr.search import main
+    from atr.search.vectordb import QdrantIndex
+
+    model, processor = model_and_processor
+    folder = write_folder(tmp_path / "audio", [f"clip-{i:02d}.wav" for i in range(14)])
+    index = AudioIndex.build(model, processor, folder, tmp_path / "index", progress=False)
+    assert index.export(tmp_path / "qdrant") == {"recordings": 14, "chunks": len(index.chunk_embeddings)}
+    with pytest.raises(FileExistsError, match="already has collection 'atr'"):
+        index.export(tmp_path / "qdrant")
+
+    queries = torch.cat([index.embed_text(["a dog barks", "rain on a roof"]), index.embeddings[[2, 9]] + 0.1])
+    store = QdrantIndex(tmp_path / "qdrant", model, processor)
+    for chunks in (False, True):
+        expected = index.search_by_embedding(queries, k=10, chunks=chunks)
+        found = store.search_by_embedding(queries, k=10, chunks=chunks)
+        assert [[h.name for h in hits] for hits in found] == [[h.name for h in hits] for hits in expected]
+        for hits, reference in zip(found, expected):
+            assert [(h.chunk, h.spans, h.path) for h in hits] == [(h.chunk, h.spans, h.path) for h in reference]
+            np.testing.assert_allclose([h.score for h in hits], [h.score for h in reference], atol=1e-5)
+    _, exact = exact_search(queries, index.embeddings, 10)
+    assert [[h.index for h in hits] for hits in store.search_by_embedding(queries, k=10)] == exact.tolist()
+    store.close()
+
+    other = AudioIndex.build(model, processor, folder, tmp_path / "other", progress=False)
+    other.manifest["fingerprint"] = "f" * 64
+    other.export(tmp_path / "qdrant", collection="other")
+    with pytest.raises(ValueError, match="exported from an index of another model"):
+        QdrantIndex(tmp_path / "qdrant", model, processor, collection="other")
+
+    # the command line: export, then query the collection with the model it records
+    assert main(["export", "--index-dir", str(tmp_path / "index"), "--to", str(tmp_path / "cli-qdrant")]) == 0
+    capsys.readouterr()
+    assert main(["a dog barks", "--qdrant", str(tmp_path / "cli-qdrant"), "--json", "-k", "5"]) == 0
+    from_qdrant = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [h["name"] for h in from_qdrant] == [h.name for h in index.search("a dog barks", k=5)]
+    assert from_qdrant[0]["spans"] and from_qdrant[0]["start"] is not None

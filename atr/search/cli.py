@@ -5,6 +5,8 @@
     atr-search build --audio-dir recordings/ --model M [--skip_bad_audio]
     atr-search serve --index-dir recordings/.atr-index [--model M] [--port 7860]
     atr-search space OUT_DIR --model REPO [--audio-dir DIR]
+    atr-search export --index-dir DIR --to QDRANT_FOLDER_OR_URL [--collection atr]
+    atr-search "a dog barks" --qdrant QDRANT_FOLDER_OR_URL [--model M]
 """
 
 import argparse
@@ -17,7 +19,7 @@ import torch
 from .backends import BACKENDS
 from .index import AudioIndex, _read_manifest
 
-COMMANDS = ("build", "serve", "space")
+COMMANDS = ("build", "serve", "space", "export")
 
 
 def load_model(model_id, trust_remote_code=False, device="cpu"):
@@ -74,13 +76,15 @@ def _build_options(parser, folder_required=True):
 def search_parser():
     """The parser of `atr-search QUERY ... --audio-dir DIR`."""
     parser = argparse.ArgumentParser(
-        prog="atr-search", epilog="Other commands: atr-search build | serve | space (each with --help).",
+        prog="atr-search", epilog="Other commands: atr-search build | serve | space | export (each with --help).",
         description="Find the recordings in a folder that match a sentence or sound like a clip (embeds new or changed files only).",
     )
     parser.add_argument("queries", nargs="*", help="text queries, e.g. 'a dog barks in the rain'")
     parser.add_argument("--query-audio", action="append", default=[], help="an audio file: find recordings that sound like it (repeatable)")
-    _build_options(parser)
+    _build_options(parser, folder_required=False)
     _common(parser)
+    parser.add_argument("--qdrant", help="search a collection written by `atr-search export` (a folder or a URL) instead of --audio-dir")
+    parser.add_argument("--collection", default="atr", help="the Qdrant collection (default atr)")
     parser.add_argument("-k", "--top-k", type=int, default=10, help="results per query (default 10)")
     parser.add_argument("--chunks", action="store_true", help="rank chunks, not recordings: a long recording can appear at several times")
     parser.add_argument("--backend", choices=BACKENDS, default="exact", help="exact (default) or a FAISS index: flat, pq, hnsw")
@@ -116,6 +120,10 @@ def _search(argv):
     args = parser.parse_args(argv)
     if not args.queries and not args.query_audio:
         parser.error("give a text query or --query-audio FILE")
+    if args.qdrant:
+        return _search_qdrant(parser, args)
+    if args.audio_dir is None:
+        parser.error("give --audio-dir DIR (the recordings to search) or --qdrant TARGET (an exported collection)")
     index = _open_index(args)
     options = dict(k=args.top_k, backend=args.backend, chunks=args.chunks)
     if args.queries:
@@ -124,6 +132,39 @@ def _search(argv):
     if args.query_audio:
         for clip, hits in zip(args.query_audio, index.search_audio(list(args.query_audio), **options)):
             print_hits(clip, hits, args.json)
+    return 0
+
+
+def _search_qdrant(parser, args):
+    """Text queries against an exported Qdrant collection, with the model it records unless --model says otherwise."""
+    from .vectordb import QdrantIndex
+
+    if args.query_audio:
+        parser.error("--query-audio searches an index folder (--audio-dir); with --qdrant, give text queries")
+    model_id = args.model or QdrantIndex(args.qdrant, collection=args.collection).info["model"]
+    if not model_id:
+        raise SystemExit(f"atr-search: --model is required: collection {args.collection!r} records no model")
+    model, processor = load_model(model_id, args.trust_remote_code, args.device)
+    index = QdrantIndex(args.qdrant, model, processor, collection=args.collection)
+    for query, hits in zip(args.queries, index.search(args.queries, k=args.top_k, chunks=args.chunks)):
+        print_hits(query, hits, args.json)
+    return 0
+
+
+def _export(argv):
+    parser = argparse.ArgumentParser(prog="atr-search export", description="Write an index (recordings and chunks) to Qdrant.")
+    parser.add_argument("--index-dir", required=True, help="the index folder to export")
+    parser.add_argument("--to", required=True, help="a folder (Qdrant local mode, no server) or a server URL, http(s)://host:6333")
+    parser.add_argument("--collection", default="atr", help="collection name (chunks go to <name>-chunks); default atr")
+    parser.add_argument("--overwrite", action="store_true", help="replace collections of that name")
+    parser.add_argument("--shard-number", type=int, help="shards of each collection on a Qdrant cluster")
+    parser.add_argument("--replication-factor", type=int, help="copies of each shard on a Qdrant cluster")
+    args = parser.parse_args(argv)
+    index = AudioIndex.load(args.index_dir)
+    index.export(args.to, args.collection, overwrite=args.overwrite, shard_number=args.shard_number,
+                 replication_factor=args.replication_factor)
+    print(f"atr-search: exported {len(index)} recordings and {len(index.chunk_embeddings)} chunks to collection "
+          f"{args.collection!r} at {args.to!r}", file=sys.stderr)
     return 0
 
 
@@ -186,7 +227,7 @@ def _space(argv):
 
 
 def main(argv=None):
-    """Console entry point `atr-search`: the first word picks build / serve / space; otherwise search by text or example."""
+    """Console entry point `atr-search`: the first word picks build / serve / space / export; otherwise search by text or example."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = {"build": _build, "serve": _serve, "space": _space}.get(argv[0] if argv else None, None)
+    command = {"build": _build, "serve": _serve, "space": _space, "export": _export}.get(argv[0] if argv else None, None)
     return command(argv[1:]) if command else _search(argv)

@@ -3,8 +3,7 @@
 `AudioIndex.build(model, processor, audio, out_dir)` (the same as `update`) embeds a folder, a list of files or a
 `datasets.Dataset`: each recording's pooled embedding and each chunk's own (L2-normalised, float16 on disk) with the
 source time spans it packs. A re-run embeds only what was added or changed (keyed by path, size and mtime_ns).
-`AudioIndex.load(out_dir, model, processor).search("a dog barks", k=10)` ranks it; each hit names the chunk that best
-matches *this* query and where it sits in the file.
+`AudioIndex.load(out_dir, model, processor).search("a dog barks", k=10)` ranks it, each hit with its best chunk for the query.
 """
 
 import json
@@ -262,10 +261,7 @@ class AudioIndex:
 
     @classmethod
     def load(cls, out_dir, model=None, processor=None, audio_root=None):
-        """Open a finished index (every shard checked); with model and processor, check they are the ones it was built with.
-
-        `audio_root` overrides where the indexed folder is now (default: as recorded, relative to out_dir).
-        """
+        """Open a finished index (shards checked; the model too, if given); `audio_root`: where the folder is now, if moved."""
         for _ in range(3):  # a concurrent update may replace a shard between reading the manifest and the shard
             try:
                 return cls._load_unlocked(out_dir, model, processor, audio_root)
@@ -295,6 +291,11 @@ class AudioIndex:
 
     def __len__(self):
         return len(self.items)
+
+    def export(self, target, collection="atr", **kwargs):
+        """Write this index to Qdrant (a local-mode folder or a server URL): see `atr.search.vectordb.export_index`."""
+        from .vectordb import export_index
+        return export_index(self, target, collection, **kwargs)
     # -- searching --
 
     def faiss_index(self, kind="pq", **build_kwargs):

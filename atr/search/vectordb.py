@@ -1,0 +1,138 @@
+"""Export an index to Qdrant and search it there: for collections that outgrow one machine.
+
+`export_index(index, target)` writes two Qdrant collections: `<name>` with one point per recording (the pooled
+embedding) and `<name>-chunks` with one point per chunk, each carrying `path`, its span fields and the model's
+`fingerprint`. `target` is a folder (Qdrant's local mode, embedded, no server) or a URL (`http://host:6333`, a
+server or a cluster: pass `shard_number` / `replication_factor` to spread the collection over its nodes).
+`QdrantIndex(target, model, processor).search("a dog barks")` answers like `AudioIndex.search`, spans included.
+"""
+
+import numpy as np
+import torch
+
+from ..embedding import embed_texts
+from .index import SearchResult
+from .sources import model_fingerprint
+
+DEFAULT_COLLECTION = "atr"
+
+
+def require_qdrant():
+    """Import qdrant_client, or say how to get it."""
+    try:
+        import qdrant_client
+    except ImportError as error:
+        raise ImportError("qdrant-client is not installed: `pip install 'atr[vectordb]'` to export to Qdrant") from error
+    return qdrant_client
+
+
+def connect(target):
+    """A QdrantClient: local mode for a folder, the server for an http(s) URL."""
+    qdrant_client = require_qdrant()
+    target = str(target)
+    if target.startswith(("http://", "https://")):
+        return qdrant_client.QdrantClient(url=target)
+    return qdrant_client.QdrantClient(path=target)
+
+
+def _spans(index, chunk):
+    """A chunk's stretches [[start, end], ...] in seconds."""
+    return [[round(float(a), 3), round(float(b), 3)] for a, b in index.chunk_spans[chunk] if a >= 0]
+
+
+def export_index(index, target, collection=DEFAULT_COLLECTION, overwrite=False, batch_size=256, shard_number=None,
+                 replication_factor=None):
+    """Write an `AudioIndex` (pooled and chunk vectors, path/span/fingerprint payloads) to Qdrant; returns the counts."""
+    models = require_qdrant().models
+    client = connect(target)
+    names = (collection, f"{collection}-chunks")
+    existing = [name for name in names if client.collection_exists(name)]
+    if existing and not overwrite:
+        raise FileExistsError(f"Qdrant at {str(target)!r} already has collection {existing[0]!r}: pass another collection "
+                              "name, or overwrite=True (atr-search export --overwrite) to replace it")
+    for name in existing:
+        client.delete_collection(name)
+    # Unit vectors: the dot product is the cosine, and DOT keeps the stored values as they are (COSINE renormalises).
+    params = models.VectorParams(size=index.embeddings.shape[1], distance=models.Distance.DOT)
+    for name in names:
+        client.create_collection(name, vectors_config=params, shard_number=shard_number, replication_factor=replication_factor)
+    fields = {"fingerprint": index.manifest["fingerprint"], "model": index.manifest["model"]}
+    offsets = index.chunk_offsets.tolist()
+
+    def recordings():
+        for row, name in enumerate(index.names):
+            spans = [s for c in range(offsets[row], offsets[row + 1]) for s in _spans(index, c)]
+            yield models.PointStruct(id=row, vector=index.embeddings[row].tolist(), payload={
+                **fields, "path": index.items[row], "name": name, "row": row, "first_chunk": offsets[row], "chunks": offsets[row + 1] - offsets[row],
+                "start": min(a for a, _ in spans), "end": max(b for _, b in spans)})
+
+    def chunks():
+        vectors = index.chunk_embeddings.float()
+        for row, name in enumerate(index.names):
+            for chunk in range(offsets[row], offsets[row + 1]):
+                spans = _spans(index, chunk)
+                yield models.PointStruct(id=chunk, vector=vectors[chunk].tolist(), payload={
+                    **fields, "path": index.items[row], "name": name, "row": row, "chunk": chunk - offsets[row], "spans": spans,
+                    "start": spans[0][0], "end": max(b for _, b in spans)})
+
+    try:
+        client.upload_points(names[0], recordings(), batch_size=batch_size, wait=True)
+        client.upload_points(names[1], chunks(), batch_size=batch_size, wait=True)
+        return {"recordings": client.count(names[0]).count, "chunks": client.count(names[1]).count}
+    finally:
+        client.close()  # local mode locks its folder until the client is closed
+
+
+class QdrantIndex:
+    """A collection written by `export_index`, searched by text or embedding with `AudioIndex`'s results and spans."""
+
+    def __init__(self, target, model=None, processor=None, collection=DEFAULT_COLLECTION):
+        self.client, self.collection, self.target = connect(target), collection, str(target)
+        if not self.client.collection_exists(collection):
+            raise FileNotFoundError(f"Qdrant at {self.target!r} has no collection {collection!r}: write it with "
+                                    "AudioIndex.export / atr-search export first")
+        first = self.client.scroll(collection, limit=1, with_payload=True)[0]
+        self.info = {key: first[0].payload[key] for key in ("model", "fingerprint")} if first else {"model": "", "fingerprint": ""}
+        if model is not None and processor is not None and first and model_fingerprint(model, processor) != self.info["fingerprint"]:
+            raise ValueError(f"collection {collection!r} at {self.target!r} was exported from an index of another model "
+                             f"(model {self.info['model']!r}, fingerprint {self.info['fingerprint'][:12]}): search it with that model")
+        self.model, self.processor = model, processor
+
+    def close(self):
+        """Release the connection (in local mode, the folder's lock)."""
+        self.client.close()
+
+    def search(self, queries, k=10, chunks=False):
+        """Recordings (or chunks) best matching each text query: a list of `SearchResult` per query."""
+        if self.model is None or self.processor is None:
+            raise ValueError("this QdrantIndex has no model: pass model and processor to search by text")
+        single = isinstance(queries, str)
+        results = self.search_by_embedding(embed_texts(self.model, self.processor, [queries] if single else list(queries)), k, chunks)
+        return results[0] if single else results
+
+    def search_by_embedding(self, query_embeds, k=10, chunks=False):
+        """`SearchResult` lists for query embeddings (Q, D); a recording hit names its best chunk for that query."""
+        query_embeds = torch.as_tensor(query_embeds, dtype=torch.float32)
+        query_embeds = query_embeds.reshape(-1, query_embeds.shape[-1])
+        name = f"{self.collection}-chunks" if chunks else self.collection
+        out = []
+        for query in query_embeds:
+            points = self.client.query_points(name, query=query.numpy(), limit=k, with_payload=True).points
+            out.append([self._chunk_result(p.payload, p.score, float(p.score)) if chunks else self._recording_result(p, query)
+                        for p in points])
+        return out
+
+    def _recording_result(self, point, query):
+        """A recording hit with its best chunk for `query`, from the chunk vectors fetched by id."""
+        first, count = point.payload["first_chunk"], point.payload["chunks"]
+        found = self.client.retrieve(f"{self.collection}-chunks", ids=list(range(first, first + count)), with_vectors=True)
+        found = sorted(found, key=lambda p: p.id)
+        scores = torch.from_numpy(np.array([p.vector for p in found], np.float32)) @ query
+        best = int(scores.argmax())
+        return self._chunk_result(found[best].payload, point.score, float(scores[best]))
+
+    @staticmethod
+    def _chunk_result(payload, score, chunk_score):
+        return SearchResult(path=payload["path"], score=float(score), index=payload["row"], start=payload["start"],
+                            end=payload["end"], name=payload["name"], chunk=payload["chunk"], chunk_score=chunk_score,
+                            spans=payload["spans"])
