@@ -111,25 +111,29 @@ def stage_query(args, folder):
 
 
 def stage_roundtrip(args, folder):
-    """Export a synthetic 100k-recording AudioIndex to Qdrant (local mode) and query it back; top-10 vs exact."""
-    from atr.search.vectordb import QdrantExport, export_arrays
+    """`AudioIndex.export` of `--rows` synthetic recordings (one chunk each) to Qdrant local mode, then top-10 queries."""
+    from atr.search import AudioIndex
+    from atr.search.vectordb import QdrantIndex
 
     centres = centres_of(args)
-    vectors = np.concatenate(list(mixture(args.rows, centres, args.spread, seed=1)))
-    queries = np.concatenate(list(mixture(args.queries, centres, args.spread, seed=2)))
-    names = [f"rec-{i:07d}.wav" for i in range(len(vectors))]
+    vectors = torch.from_numpy(np.concatenate(list(mixture(args.rows, centres, args.spread, seed=1))))
+    queries = torch.from_numpy(np.concatenate(list(mixture(args.queries, centres, args.spread, seed=2))))
+    manifest = {"items": [{"name": f"rec-{i:07d}.wav"} for i in range(len(vectors))], "root": None, "fingerprint": "synthetic",
+                "model": "synthetic"}
+    spans = np.tile(np.array([[[0.0, 10.0]]], np.float32), (len(vectors), 1, 1))
+    index = AudioIndex(folder, manifest, {"embeddings": vectors, "chunk_embeddings": vectors.half(),
+                                          "chunk_offsets": torch.arange(len(vectors) + 1), "chunk_spans": spans})
     start = time.perf_counter()
-    export_arrays(folder / "qdrant", names, vectors, fingerprint="synthetic", collection="bench")
+    counts = index.export(folder / "qdrant", overwrite=True)
     export_s = time.perf_counter() - start
-    store = QdrantExport(folder / "qdrant", collection="bench")
-    _, truth = exact_search(torch.from_numpy(queries), torch.from_numpy(vectors), args.k)
+    store = QdrantIndex(folder / "qdrant")
     latencies, same = [], []
-    for query, expected in zip(queries, truth.numpy()):
+    for query in queries:
         start = time.perf_counter()
-        hits = store.query(query, args.k)
+        hits = store.search_by_embedding(query, args.k)[0]
         latencies.append((time.perf_counter() - start) * 1e3)
-        same.append([names.index(h["path"]) if False else int(h["path"][4:11]) for h in hits] == list(expected))
-    return {"rows": args.rows, "export_s": round(export_s, 1), "query_p50_ms": round(float(np.median(latencies)), 2),
+        same.append([h.index for h in hits] == [h.index for h in index.search_by_embedding(query, args.k)[0]])
+    return {**counts, "export_s": round(export_s, 1), "query_p50_ms": round(float(np.median(latencies)), 2),
             "query_p99_ms": round(float(np.percentile(latencies, 99)), 2), "same_top10_as_exact": float(np.mean(same))}
 
 

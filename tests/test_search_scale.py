@@ -120,3 +120,49 @@ def test_export_to_qdrant_local_mode_answers_with_the_exact_top_10_and_spans(tmp
     from_qdrant = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [h["name"] for h in from_qdrant] == [h.name for h in index.search("a dog barks", k=5)]
     assert from_qdrant[0]["spans"] and from_qdrant[0]["start"] is not None
+
+
+# ---- the on-disk IVF-PQ index ---------------------------------------------------------------------------------------
+
+
+def test_ondisk_index_equals_exact_search_resumes_per_block_and_opens_after_a_move(tmp_path):
+    pytest.importorskip("faiss")
+    from atr.search.ondisk import OnDiskIndex, VectorFile, build_ondisk_index
+
+    vectors = torch.nn.functional.normalize(torch.randn(3000, 32, generator=torch.Generator().manual_seed(0)), dim=1)
+    blocks = [vectors[:1000].numpy(), vectors[1000:].numpy()]
+    stored = VectorFile.write(tmp_path / "vectors.f16", blocks, 32)
+    with pytest.raises(FileExistsError, match="vectors.f16' exists"):
+        VectorFile.write(tmp_path / "vectors.f16", blocks, 32)
+    assert len(stored) == 3000
+    np.testing.assert_array_equal(stored.gather([5, 2999, 5, 0]), vectors[[5, 2999, 5, 0]].half().float().numpy())
+
+    added = []
+
+    def stop_after_two_blocks(line):
+        added.extend([line] if line.startswith("added") else [])
+        if len(added) == 2:
+            raise KeyboardInterrupt
+
+    options = dict(nlist=16, pq_m=8, train_rows=2000, block_rows=700, niter=5)
+    with pytest.raises(KeyboardInterrupt):
+        build_ondisk_index(stored, tmp_path / "index", progress=stop_after_two_blocks, **options)
+    added.clear()
+    index = build_ondisk_index(stored, tmp_path / "index", progress=added.append, **options)
+    assert [line.split()[2] for line in added if line.startswith("added")] == ["1400..2100", "2100..2800", "2800..3000"]
+    assert sorted(p.name for p in (tmp_path / "index").iterdir()) == ["ivfpq.index", "ivfpq.ivfdata", "ondisk.json", "trained.index"]
+
+    queries = vectors[:20] + 0.05 * torch.randn(20, 32, generator=torch.Generator().manual_seed(1))
+    exact_scores, exact_ids = exact_search(queries, torch.from_numpy(stored.read(0, 3000)), 10)
+    scores, ids = index.search(queries, 10, nprobe=16, k_factor=300)  # every list, deep re-rank: exact
+    assert torch.equal(ids, exact_ids)
+    torch.testing.assert_close(scores, exact_scores)
+    _, approximate = index.search(queries, 10, nprobe=4, k_factor=10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(approximate.tolist(), exact_ids.tolist())]) > 0.5
+
+    (tmp_path / "moved").mkdir()
+    for name in ("index", "vectors.f16"):
+        (tmp_path / name).rename(tmp_path / "moved" / name)
+    assert torch.equal(OnDiskIndex(tmp_path / "moved" / "index").search(queries, 10, nprobe=16, k_factor=300)[1], exact_ids)
+    with pytest.raises(ValueError, match="not a whole number of 28-d float16 rows"):
+        VectorFile(tmp_path / "moved" / "vectors.f16", 28)

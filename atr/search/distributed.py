@@ -83,11 +83,12 @@ def merge_rank_indexes(out_dir, source, world, overwrite=False):
             raise ValueError(f"the rank indexes under {str(out_dir / RANKS)!r} were built with different models: rebuild with overwrite")
         items, bad = [], []
         for item in source.items:
-            found = by_path.get(str(source.root / item["name"]))
+            path = str((source.root / item["name"]).resolve())  # how a rank's index names it (a list of paths)
+            found = by_path.get(path)
             if found is not None and item_key({**found, "name": item["name"]}) == item_key(item):
                 items.append({**found, "name": item["name"]})
-            elif str(source.root / item["name"]) in skipped:
-                bad.append({**skipped[str(source.root / item["name"])], "name": item["name"]})
+            elif path in skipped:
+                bad.append({**skipped[path], "name": item["name"]})
             else:
                 raise ValueError(f"recording {item['name']!r} is in no finished rank index: run the same launch again")
         previous = None if overwrite else _read_manifest(out_dir)
