@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 # Bump when what is stored (or how) changes: it is part of every fingerprint.
 CACHE_FORMAT_VERSION = 2  # 2: audio rows hold audio_frames (the Whisper token mask)
 DATA_FILE, META_FILE = "data.arrow", "meta.json"
+TEXT_CACHE_WINDOW = 8192  # captions sorted and held at once while the text cache is built
 
 
 def default_cache_root() -> Path:
@@ -176,13 +177,23 @@ def build_text_cache(model, processor, dataset, cache_root=None, batch_size: int
     captions = dataset["captions"]
     pairs = [(clip, index, text) for clip, texts in enumerate(captions) for index, text in enumerate(texts)]
 
+    def encode(texts):
+        batch = processor(text=texts, return_tensors="pt", **text_options).to(device)
+        states = model.get_text_encoder_states(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        return [state[mask].float().cpu().numpy().astype(dtype) for state, mask in zip(states, batch["attention_mask"].bool())]
+
     def rows():
-        for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start : start + batch_size]
-            batch = processor(text=[text for _, _, text in chunk], return_tensors="pt", **text_options).to(device)
-            states = model.get_text_encoder_states(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-            for (clip, index, _), state, mask in zip(chunk, states, batch["attention_mask"].bool()):
-                yield {"clip": clip, "caption": index, "text_states": state[mask].float().cpu().numpy().astype(dtype)}
+        # Each distinct caption of a window is encoded once, in batches of similar length (little padding to compute),
+        # and rows are written back in clip-major order; a window bounds what is held in memory.
+        for start in range(0, len(pairs), TEXT_CACHE_WINDOW):
+            window = pairs[start : start + TEXT_CACHE_WINDOW]
+            distinct = sorted({text for _, _, text in window}, key=lambda text: len(processor.tokenizer.tokenize(text)))
+            states = {}
+            for first in range(0, len(distinct), batch_size):
+                texts = distinct[first : first + batch_size]
+                states.update(zip(texts, encode(texts)))
+            for clip, index, text in window:
+                yield {"clip": clip, "caption": index, "text_states": states[text]}
 
     width = model.config.text_config.hidden_size
     features = Features({"clip": Value("int64"), "caption": Value("int64"), "text_states": Array2D(shape=(None, width), dtype=dtype)})

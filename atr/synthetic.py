@@ -17,7 +17,7 @@ from scipy.signal import fftconvolve, lfilter, sawtooth
 from datasets import Audio, Dataset, DatasetDict, Features, List, Value
 
 # Bump whenever synthesis or captions change: it is part of the cache fingerprint, so old cached splits are not reused.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3  # 3: 16-bit WAV bytes instead of FLAC
 SPLIT_SIZES = {"train": 2000, "validation": 200, "test": 200}
 RELATIONS = ("then", "pause", "while")
 BACKGROUNDS = ("hiss", "wind", "quiet")
@@ -310,10 +310,10 @@ def synthesize_clip(rng: np.random.Generator, sampling_rate: int = 16000, min_du
     }
 
 
-def _flac_bytes(wave, sampling_rate):
-    """16-bit FLAC bytes: the layout of Hub audio datasets, about 4x smaller than float32 arrays."""
+def _wav_bytes(wave, sampling_rate):
+    """16-bit WAV bytes: half the size of float32 arrays, and 10x faster to decode than FLAC (the demo reads each clip 16 times)."""
     buffer = io.BytesIO()
-    sf.write(buffer, wave, sampling_rate, format="FLAC", subtype="PCM_16")
+    sf.write(buffer, wave, sampling_rate, format="WAV", subtype="PCM_16")
     return buffer.getvalue()
 
 
@@ -324,7 +324,7 @@ def _generate(split, indices, seed, sampling_rate, min_duration_s, max_duration_
         rng = np.random.default_rng([seed, split_key, index])
         clip = synthesize_clip(rng, sampling_rate, min_duration_s, max_duration_s)
         yield {
-            "audio": {"bytes": _flac_bytes(clip.pop("array"), sampling_rate), "path": f"synthetic/{split}/{index:06d}.flac"},
+            "audio": {"bytes": _wav_bytes(clip.pop("array"), sampling_rate), "path": f"synthetic/{split}/{index:06d}.wav"},
             "clip_id": f"{split}_{index:06d}",
             **clip,
         }
@@ -344,7 +344,7 @@ FEATURES = Features({
 def make_synthetic_split(split: str = "train", n: int | None = None, *, seed: int = 0, sampling_rate: int = 16000,
                          min_duration_s: float = 4.0, max_duration_s: float = 12.0, cache_dir: str | None = None,
                          keep_in_memory: bool = False, num_proc: int | None = None) -> Dataset:
-    """One split of synthetic scenes as a Dataset (audio as FLAC bytes in an `Audio(decode=False)` column); cached.
+    """One split of synthetic scenes as a Dataset (audio as WAV bytes in an `Audio(decode=False)` column); cached.
 
     `num_proc` processes generate it (default: 1 below 1000 clips, else up to 4, as many as there are CPUs).
     """

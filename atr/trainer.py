@@ -28,8 +28,9 @@ class _CollatorEpoch(TrainerCallback):
 class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
     """transformers' LengthGroupedSampler with the order drawn from (seed, epoch), so a resumed epoch has the same batches."""
 
-    def __init__(self, batch_size: int, lengths: list[int], seed: int):
-        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
+    def __init__(self, batch_size: int, lengths, seed: int):
+        # a plain list: datasets 5 hands over a lazy Column, and one Arrow lookup per item per epoch costs seconds
+        super().__init__(batch_size, lengths=[int(length) for length in lengths], generator=torch.Generator())
         self.seed, self.epoch = int(seed), 0
 
     def set_epoch(self, epoch: int):

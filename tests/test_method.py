@@ -202,3 +202,24 @@ def test_unknown_keyword_arguments_are_refused_and_transformers_flags_honoured()
         model.get_text_features(input_ids=ids, output_hidden_states=True)
     as_tuple = model.get_text_features(input_ids=ids, return_dict=False)
     assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[1], model.get_text_features(input_ids=ids).pooler_output)
+
+
+# --- length-grouped batches -----------------------------------------------------------------------------------------
+
+
+def test_length_grouped_sampler_holds_plain_lengths_and_groups_by_them(tmp_path):
+    # datasets 5 returns a lazy Column for dataset["length"]; the sampler indexes it once per item per epoch, and each
+    # lookup is an Arrow select (8 s per epoch on the 2,000-clip demo): it must hold a plain list.
+    from datasets import Dataset
+
+    lengths = [1, 3, 2, 3, 1, 2, 3, 1] * 8
+    dataset = Dataset.from_dict({"clip_index": list(range(len(lengths))), "length": lengths})
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", per_device_train_batch_size=8,
+                             train_sampling_strategy="group_by_length")
+    trainer = AtrTrainer(model=make_model(), args=args, train_dataset=dataset)
+    sampler = trainer._get_train_sampler()
+    assert type(sampler.lengths) is list and sampler.lengths == lengths
+    order = list(sampler)
+    assert sorted(order) == list(range(len(lengths)))
+    batches = [[lengths[i] for i in order[start : start + 8]] for start in range(0, len(order), 8)]
+    assert sum(len(set(batch)) for batch in batches) < 2.0 * len(batches)  # a shuffled order mixes ~3 lengths per batch
