@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 from transformers import AutoProcessor, AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
@@ -82,6 +83,10 @@ class RunArguments:
     evaluate_test: bool = field(default=True, metadata={"help": "Evaluate the test split at the end and write the numbers into the card."})
     hp_search: int = field(
         default=0, metadata={"help": "First search this many optuna trials over the loss weights and learning rate (scored on validation), then train with the best."}
+    )
+    torch_threads: int | None = field(
+        default=None, metadata={"help": "PyTorch CPU threads of the main process (default: PyTorch's). On a small CPU with "
+                                "--dataloader_num_workers, fewer leave cores to the workers' audio decoding."}
     )
 
 
@@ -325,6 +330,8 @@ def main(argv=None):
     training_args.remove_unused_columns = False
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     set_seed(training_args.seed)
+    if run_args.torch_threads is not None:
+        torch.set_num_threads(run_args.torch_threads)
 
     model, processor = build_model_and_processor(model_args)
     splits = load_splits(data_args, training_args)
