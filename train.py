@@ -330,8 +330,6 @@ def main(argv=None):
     training_args.remove_unused_columns = False
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     set_seed(training_args.seed)
-    if run_args.torch_threads is not None:
-        torch.set_num_threads(run_args.torch_threads)
 
     model, processor = build_model_and_processor(model_args)
     splits = load_splits(data_args, training_args)
@@ -362,13 +360,19 @@ def main(argv=None):
         args=training_args, train_dataset=train_dataset, eval_dataset=splits["eval"], data_collator=train_collator,
         eval_collator=eval_collator, processing_class=processor, card_kwargs=card_kwargs,
     )
-    if run_args.hp_search:
-        model = search_hyperparameters(model_args, training_args, trainer_kwargs, run_args.hp_search)
-    trainer = AtrTrainer(model=model, **trainer_kwargs)
-    resume = training_args.resume_from_checkpoint
-    if resume in ("True", "true", "latest"):
-        resume = get_last_checkpoint(training_args.output_dir)
-    train_result = trainer.train(resume_from_checkpoint=resume)
+    default_threads = torch.get_num_threads()
+    if run_args.torch_threads is not None:  # training only: the cache build and the evaluation keep every core
+        torch.set_num_threads(run_args.torch_threads)
+    try:
+        if run_args.hp_search:
+            model = search_hyperparameters(model_args, training_args, trainer_kwargs, run_args.hp_search)
+        trainer = AtrTrainer(model=model, **trainer_kwargs)
+        resume = training_args.resume_from_checkpoint
+        if resume in ("True", "true", "latest"):
+            resume = get_last_checkpoint(training_args.output_dir)
+        train_result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        torch.set_num_threads(default_threads)
     trainer.save_model()
     trainer.log_metrics("train", train_result.metrics)
 
