@@ -98,10 +98,11 @@ def run_mode(mode, args, workdir):
         "--config", str(DEMO), "--output_dir", str(workdir / mode), "--max_steps", str(args.steps), "--save_strategy", "no",
         "--synthetic_sizes", f"{args.train_clips},0,0", "--eval_split", "", "--test_split", "", "--logging_steps", str(args.steps),
         "--model_config", json.dumps(model_config), "--disable_tqdm", "true", "--encoder_cache_dir", str(workdir / "cache"),
-        "--cache_num_views", str(args.views), "--overwrite_output_dir",
+        "--cache_num_views", str(args.views), "--overwrite_output_dir", "--torch_threads", str(args.threads),
+        "--dataloader_num_workers", str(args.workers),
+        # the demo config caches the text encoder: each mode says for itself
+        "--cache_encoder_outputs", str(mode.endswith("cache") or mode.endswith("cached")).lower(),
     ]
-    if mode.endswith("cache") or mode.endswith("cached"):
-        argv.append("--cache_encoder_outputs")
     load = os.getloadavg()[0]
     start = time.perf_counter()
     trainer, _ = train.main(argv)
@@ -181,6 +182,7 @@ def main():
     parser.add_argument("--train_clips", type=int, default=320, help="synthetic training clips (the demo uses 2000)")
     parser.add_argument("--views", type=int, default=4, help="--cache_num_views")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=0, help="--dataloader_num_workers (the demo config uses 1)")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--out", default=None, help="also append the JSON lines to this file")
     parser.add_argument("--breakdown", action="store_true", help="instead: CPU seconds of the parts of one frozen step")
@@ -203,7 +205,7 @@ def main():
         for mode in modes:
             command = [sys.executable, __file__, "--child", mode, "--workdir", workdir, "--steps", str(args.steps),
                        "--warmup", str(args.warmup), "--train_clips", str(args.train_clips), "--views", str(args.views),
-                       "--threads", str(args.threads)]
+                       "--threads", str(args.threads), "--workers", str(args.workers)]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             line = next(line for line in output.splitlines() if line.startswith("RESULT ")).removeprefix("RESULT ")
             print(line, flush=True)
