@@ -78,10 +78,10 @@ def main():
     }
     print("| measure | value |\n|---|---|")
     print(f"| clips (train/validation/test) | {args.n_train}/{args.n_validation}/{args.n_test} |")
-    print(f"| audio | {hours:.2f} h, {size_mb:.0f} MB of FLAC in Arrow |")
+    print(f"| audio | {hours:.2f} h, {size_mb:.0f} MB of WAV in Arrow |")
     print(f"| generation, first call | {generation_s:.1f} s |")
     print(f"| generation, cached call | {cached_s:.2f} s |")
-    print(f"| decoding 64 training clips (FLAC -> float32) | {decode_ms:.0f} ms |")
+    print(f"| decoding 64 training clips (WAV -> float32) | {decode_ms:.0f} ms |")
     for name, stated in levels.items():
         print(f"| t2a mAP@10 ceiling: {name} | {ceiling(test, stated):.3f} |")
 
