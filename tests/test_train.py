@@ -233,3 +233,13 @@ def test_a_pretrained_audio_backbone_brings_its_own_preprocessing(tmp_path, tiny
 def test_refuses_persistent_workers_that_would_replay_epoch_one(tmp_path, tiny_text):
     with pytest.raises(ValueError, match=r"--dataloader_persistent_workers keeps epoch 1's copy of the collator .*drop the flag"):
         run_train(tmp_path, tiny_text, "--dataloader_num_workers", "1", "--dataloader_persistent_workers", "true")
+
+
+def test_torch_threads_apply_to_training_only(tmp_path, tiny_text, monkeypatch):
+    seen = []
+    monkeypatch.setattr(train.AtrTrainer, "training_step", lambda self, *a, **kw: seen.append(torch.get_num_threads()) or torch.tensor(0.0))
+    before = torch.get_num_threads()
+    wanted = 1 if before > 1 else 2
+    run_train(tmp_path, tiny_text, "--synthetic_sizes", "8,0,4", "--eval_split", "", "--max_steps", "2", "--torch_threads", str(wanted))
+    assert seen == [wanted, wanted]
+    assert torch.get_num_threads() == before  # the test evaluation and whatever runs next get every core back
