@@ -92,9 +92,14 @@ def search_parser():
     return parser
 
 
+def _index_dir(args):
+    """--index-dir, else the folder's own `.atr-index`."""
+    return Path(args.index_dir) if args.index_dir else Path(args.audio_dir) / ".atr-index"
+
+
 def _open_index(args):
     """Load the model and bring the folder's index up to date; report what changed and what was skipped."""
-    index_dir = Path(args.index_dir) if args.index_dir else Path(args.audio_dir) / ".atr-index"
+    index_dir = _index_dir(args)
     model, processor = load_model(resolve_model_id(args.model, index_dir), args.trust_remote_code, args.device)
     index = AudioIndex.update(model, processor, args.audio_dir, index_dir, batch_size=args.batch_size, shard_size=args.shard_size,
                               overwrite=args.overwrite, skip_bad_audio=args.skip_bad_audio, progress=not args.quiet)
@@ -187,7 +192,7 @@ def _build(argv):
     else:
         from .distributed import build_distributed
 
-        index_dir = Path(args.index_dir) if args.index_dir else Path(args.audio_dir) / ".atr-index"
+        index_dir = _index_dir(args)
         model, processor = load_model(resolve_model_id(args.model, index_dir), args.trust_remote_code, state.device)
         index, report = build_distributed(model, processor, args.audio_dir, index_dir, batch_size=args.batch_size,
                                           shard_size=args.shard_size, overwrite=args.overwrite,
