@@ -183,11 +183,12 @@ def build_text_cache(model, processor, dataset, cache_root=None, batch_size: int
         return [state[mask].float().cpu().numpy().astype(dtype) for state, mask in zip(states, batch["attention_mask"].bool())]
 
     def rows():
-        # Each distinct caption of a window is encoded once, in batches of similar length (little padding to compute),
-        # and rows are written back in clip-major order; a window bounds what is held in memory.
+        # Each distinct caption of a window is encoded once, in batches of similar length (characters stand in for
+        # tokens: little padding to compute, no second tokenisation), and rows are written back in clip-major order;
+        # a window bounds what is held in memory.
         for start in range(0, len(pairs), TEXT_CACHE_WINDOW):
             window = pairs[start : start + TEXT_CACHE_WINDOW]
-            distinct = sorted({text for _, _, text in window}, key=lambda text: len(processor.tokenizer.tokenize(text)))
+            distinct = sorted({text for _, _, text in window}, key=len)
             states = {}
             for first in range(0, len(distinct), batch_size):
                 texts = distinct[first : first + batch_size]
