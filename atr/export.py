@@ -12,8 +12,9 @@ Three graphs, exported with `torch.onnx.export(dynamo=True)` (needs `pip install
   embedding (batch, D) and the head's tokens (batch, tokens, H).
 
 `--int8` also writes `audio.int8.onnx` and `text.int8.onnx` by ONNX Runtime dynamic quantization
-(`onnxruntime.quantization.quantize_dynamic`, int8 weights of MatMul/Gemm). The processor files and `config.json` go
-next to them, and `atr.onnx.AtrOnnxModel.from_pretrained(OUT_DIR)` loads the folder.
+(`onnxruntime.quantization.quantize_dynamic`, int8 weights; per output channel in the text graph, where one scale per
+tensor cost 0.036 of t2a mAP@10 on the demo model and per channel 0.007, see BENCHMARKS.md). The processor files and
+`config.json` go next to them, and `atr.onnx.AtrOnnxModel.from_pretrained(OUT_DIR)` loads the folder.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from torch import nn
 ONNX_MANIFEST = "onnx_export.json"
 GRAPHS = {"audio": "audio.onnx", "pooling": "pooling.onnx", "text": "text.onnx"}
 QUANTIZED = {"audio": "audio.int8.onnx", "text": "text.int8.onnx"}
+# A pretrained text encoder's weights vary by output channel: one int8 scale per tensor loses its small ones.
+PER_CHANNEL = {"audio": False, "text": True}
 # Weights past this many bytes go to an external data file: a single .onnx protobuf cannot exceed 2 GB.
 INLINE_WEIGHT_LIMIT = 1_500_000_000
 
@@ -154,7 +157,8 @@ def export_onnx(model, processor, out_dir, int8: bool = False, overwrite: bool =
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         for kind, name in QUANTIZED.items():
-            quantize_dynamic(out_dir / GRAPHS[kind], out_dir / name, weight_type=QuantType.QInt8, use_external_data_format=external)
+            quantize_dynamic(out_dir / GRAPHS[kind], out_dir / name, weight_type=QuantType.QInt8, per_channel=PER_CHANNEL[kind],
+                             use_external_data_format=external)
         files.update({f"{kind}_int8": name for kind, name in QUANTIZED.items()})
     model.config.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
