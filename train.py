@@ -15,7 +15,8 @@ from transformers import AutoProcessor, AutoTokenizer, HfArgumentParser, Trainin
 from transformers.trainer_utils import get_last_checkpoint
 
 from atr import AtrConfig, AtrFeatureExtractor, AtrModel, AtrProcessor
-from atr.data import AtrCollator, estimated_chunk_counts, load_audio_text_dataset, make_noise_augmentation
+from atr.augmentation import make_noise_augmentation, make_training_augmentation
+from atr.data import AtrCollator, estimated_chunk_counts, load_audio_text_dataset
 from atr.trainer import AtrTrainer
 
 logger = logging.getLogger("atr.train")
@@ -63,6 +64,7 @@ class DataArguments:
     noise_min_snr_db: float = 5.0
     noise_max_snr_db: float = 15.0
     background_noise_dir: str | None = field(default=None, metadata={"help": "Folder of noise recordings mixed into training audio."})
+    speed_perturbation: float = field(default=0.0, metadata={"help": "Resample half the training clips by a random factor in [1-s, 1+s] (0: off)."})
     max_train_chunks: int | None = field(default=None, metadata={"help": "Cap on chunks per training clip (sampled)."})
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
@@ -261,6 +263,8 @@ def cached_training_data(model, processor, dataset, data_args, training_args, co
             "--cache_encoder_outputs needs a frozen encoder: set freeze_audio_encoder and/or freeze_text_encoder to true "
             "in --model_config (a trained encoder's outputs change every step)"
         )
+    if config.freeze_audio_encoder and data_args.speed_perturbation:  # the cached views hold noise only
+        raise ValueError("--speed_perturbation never reaches a cached frozen audio encoder: set it to 0 or drop --cache_encoder_outputs")
     noise = {"min_snr_db": data_args.noise_min_snr_db, "max_snr_db": data_args.noise_max_snr_db, "background_dir": data_args.background_noise_dir}
     cache_kwargs = {"cache_root": data_args.encoder_cache_dir, "dtype": data_args.cache_dtype}
     model.to(training_args.device)
@@ -333,9 +337,9 @@ def main(argv=None):
 
     model, processor = build_model_and_processor(model_args)
     splits = load_splits(data_args, training_args)
-    augment = make_noise_augmentation(
-        p=data_args.noise_probability, min_snr_db=data_args.noise_min_snr_db, max_snr_db=data_args.noise_max_snr_db,
-        background_dir=data_args.background_noise_dir,
+    augment = make_training_augmentation(
+        processor.feature_extractor.sampling_rate, data_args.noise_probability, data_args.noise_min_snr_db,
+        data_args.noise_max_snr_db, data_args.background_noise_dir, data_args.speed_perturbation,
     )
     if training_args.dataloader_persistent_workers and training_args.dataloader_num_workers > 0:
         raise ValueError("--dataloader_persistent_workers keeps epoch 1's copy of the collator in each worker, so every "

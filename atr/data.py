@@ -1,4 +1,4 @@
-"""Audio-text data: dataset sources, decoding and resampling, noise at a set SNR, augmentation and the batch collator."""
+"""Audio-text data: dataset sources, decoding and resampling, and the batch collator (noise and augmentation: atr.augmentation)."""
 
 from __future__ import annotations
 
@@ -19,13 +19,12 @@ import torch
 from datasets import Audio, Dataset, IterableDataset, load_dataset
 
 from .feature_extraction_atr import AtrFeatureExtractor
-from .synthetic import colored_noise, make_synthetic_split
+from .synthetic import make_synthetic_split
 
 logger = logging.getLogger(__name__)
 
 AUDIO_COLUMN_CANDIDATES = ("audio", "file_name", "path", "audio_path", "filename", "file")
 METADATA_FILES = ("metadata.csv", "metadata.jsonl")
-NOISE_COLORS = ("white", "pink", "brown")
 
 
 # ---------------------------------------------------------------- decoding
@@ -332,77 +331,6 @@ def _group_captions(dataset, group_by, source):
     captions = [[c for index in indices for c in row_captions[index]] for indices in groups.values()]
     rows = [indices[0] for indices in groups.values()]
     return dataset.select(rows).remove_columns("captions").add_column("captions", captions)
-
-
-# ---------------------------------------------------------------- noise
-
-
-def noise_files(folder: str | os.PathLike) -> list[Path]:
-    """The audio files under `folder` (sorted, recursive), without hidden ones such as macOS `._x.wav` AppleDouble files."""
-    from audiomentations.core.utils import find_audio_files
-
-    root = Path(os.path.abspath(folder))  # find_audio_files returns absolute paths under os.path.abspath(folder)
-    paths = sorted(p for p in find_audio_files(root) if not any(part.startswith(".") for part in p.relative_to(root).parts))
-    if not paths:
-        raise ValueError(f"noise folder {folder} has no audio files: add .wav/.flac recordings or use white/pink noise")
-    return paths
-
-
-def load_noise_files(folder: str | os.PathLike, sampling_rate: int) -> list[np.ndarray]:
-    """Every audio file `noise_files(folder)` finds, decoded to mono float32 at `sampling_rate`."""
-    return [decode_audio(path, sampling_rate) for path in noise_files(folder)]
-
-
-def mix_at_snr(clean: np.ndarray, noise: str | np.ndarray | Sequence[np.ndarray], snr_db: float, *,
-               rng: np.random.Generator | int | None = None) -> np.ndarray:
-    """`clean` plus noise scaled so that 10·log10(P_clean / P_noise) equals `snr_db` exactly.
-
-    `noise` is "white", "pink" or "brown", a recording (looped or cropped to length at a random offset) or a list of
-    recordings (one picked at random). All randomness comes from `rng` (a Generator or a seed).
-    """
-    rng = np.random.default_rng(rng)
-    clean = np.asarray(clean, dtype=np.float64)
-    if clean.ndim != 1 or clean.size == 0:
-        raise ValueError(f"clean audio has shape {clean.shape}: pass a non-empty mono 1-D waveform")
-    clean_power = np.mean(clean**2)
-    if clean_power == 0:
-        raise ValueError("clean audio is digital silence: an SNR is undefined for it")
-    if isinstance(noise, str):
-        if noise not in NOISE_COLORS:
-            raise ValueError(f"noise {noise!r} is unknown: use one of {list(NOISE_COLORS)} or pass a recording")
-        noise = colored_noise(clean.size, noise, rng)
-    else:
-        if not isinstance(noise, np.ndarray):
-            noise = noise[rng.integers(len(noise))]
-        noise = np.asarray(noise, dtype=np.float64)
-        if noise.ndim != 1 or noise.size == 0:
-            raise ValueError(f"noise recording has shape {noise.shape}: pass a non-empty mono 1-D waveform")
-        start = int(rng.integers(noise.size))
-        noise = np.take(noise, np.arange(start, start + clean.size), mode="wrap")  # loop short, crop long
-    noise_power = np.mean(noise**2)
-    if noise_power == 0:
-        raise ValueError("noise is digital silence over this clip: pick another recording")
-    scale = np.sqrt(clean_power / (noise_power * 10 ** (snr_db / 10)))
-    return (clean + scale * noise).astype(np.float32)
-
-
-def make_noise_augmentation(p: float = 0.5, min_snr_db: float = 5.0, max_snr_db: float = 15.0,
-                            background_dir: str | os.PathLike | None = None):
-    """An audiomentations transform adding white, coloured or (given a folder) recorded noise at a random SNR."""
-    from audiomentations import AddBackgroundNoise, AddColorNoise, AddGaussianSNR, OneOf
-
-    if not 0 <= p <= 1 or min_snr_db > max_snr_db:
-        raise ValueError(f"noise augmentation p={p}, SNR [{min_snr_db}, {max_snr_db}] dB is invalid: "
-                         "need 0 <= p <= 1 and min_snr_db <= max_snr_db")
-    transforms = [AddGaussianSNR(min_snr_db=min_snr_db, max_snr_db=max_snr_db, p=1.0),
-                  AddColorNoise(min_snr_db=min_snr_db, max_snr_db=max_snr_db, p=1.0)]
-    if background_dir is not None:
-        if not os.path.isdir(background_dir):
-            raise ValueError(f"background noise folder {background_dir} does not exist: pass a folder of recordings")
-        # the file list, not the folder: audiomentations would also pick up hidden (AppleDouble) files
-        transforms.append(AddBackgroundNoise(sounds_path=noise_files(background_dir), min_snr_db=min_snr_db,
-                                             max_snr_db=max_snr_db, noise_rms="relative", p=1.0))
-    return OneOf(transforms, p=p)
 
 
 # ---------------------------------------------------------------- collator

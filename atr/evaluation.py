@@ -20,7 +20,8 @@ from transformers import AutoConfig, AutoFeatureExtractor, AutoProcessor, AutoTo
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from .data import AtrCollator, NOISE_COLORS, decode_audio, load_noise_files, mix_at_snr
+from .augmentation import NOISE_COLORS, load_noise_files, mix_at_snr
+from .data import AtrCollator, decode_audio
 from .embedding import embed_dataset, embed_texts
 from .feature_extraction_atr import AtrFeatureExtractor
 from .metrics import DEFAULT_PROMPT_TEMPLATE, audio_text_retrieval_metrics, class_prompts, zero_shot_classification_metrics

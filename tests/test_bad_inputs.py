@@ -20,7 +20,8 @@ from tiny import tiny_atr_config, tiny_bert_config, tiny_tokenizer
 from transformers import BertModel
 
 from atr import AtrFeatureExtractor, AtrModel, AtrProcessor
-from atr.data import decode_audio, load_audio_text_dataset, make_noise_augmentation
+from atr.augmentation import make_noise_augmentation
+from atr.data import decode_audio, load_audio_text_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -271,7 +272,7 @@ def test_loading_keeps_numeric_and_over_long_captions_as_text(tmp_path):
 
 
 def test_noise_folders_skip_hidden_appledouble_files(tmp_path):
-    from atr.data import load_noise_files, noise_files
+    from atr.augmentation import load_noise_files, noise_files
 
     sf.write(tmp_path / "rain.wav", 0.1 * np.random.default_rng(0).standard_normal(SR).astype(np.float32), SR)
     (tmp_path / "._rain.wav").write_bytes(APPLEDOUBLE)

@@ -9,14 +9,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from atr.data import (
-    AtrCollator,
-    decode_audio,
-    load_audio_text_dataset,
-    load_noise_files,
-    make_noise_augmentation,
-    mix_at_snr,
+from atr.augmentation import (
+    load_noise_files, make_noise_augmentation, make_speed_perturbation, make_training_augmentation, mix_at_snr,
 )
+from atr.data import AtrCollator, decode_audio, load_audio_text_dataset
 
 SR = 16000
 
@@ -219,6 +215,22 @@ def test_noise_augmentation_adds_noise_in_the_snr_range(noise_dir):
     assert np.array_equal(untouched(samples=clean, sample_rate=SR), clean)
     with pytest.raises(ValueError, match="does not exist"):
         make_noise_augmentation(background_dir=noise_dir / "missing")
+
+
+def test_speed_perturbation_changes_tempo_within_the_range():
+    clean = (0.5 * np.sin(np.linspace(0, 3000, SR))).astype(np.float32)  # 1 s
+    np.random.seed(0)
+    augment = make_speed_perturbation(SR, 0.1, p=1.0)
+    lengths = {len(augment(samples=clean, sample_rate=SR)) for _ in range(8)}
+    # factor f in [0.9, 1.1] plays 1 s in f s: a faster voice is shorter (and higher)
+    assert len(lengths) > 1 and all(0.9 * SR - 1 <= n <= 1.1 * SR + 1 for n in lengths)
+    with pytest.raises(ValueError, match="speed perturbation 1.5 is invalid"):
+        make_speed_perturbation(SR, 1.5)
+    # train.py's augmentation: speed (p=0.5) before the noise; off by default
+    np.random.seed(1)
+    with_speed = make_training_augmentation(SR, noise_probability=0.0, speed_perturbation=0.1)
+    assert {len(with_speed(samples=clean, sample_rate=SR)) for _ in range(8)} - {SR}
+    assert all(len(make_training_augmentation(SR, noise_probability=1.0)(samples=clean, sample_rate=SR)) == SR for _ in range(4))
 
 
 class StubProcessor:
