@@ -47,7 +47,9 @@ def main():
                 sys.executable, str(ROOT / "train.py"), "--audio_backbone", str(backbone), "--model_config", json.dumps(head),
                 "--max_steps", str(args.max_steps), "--seed", str(seed), "--save_strategy", "no", "--output_dir", str(output),
                 "--encoder_cache_dir", str(workdir / "encoder_cache"), "--disable_tqdm", "true", "--overwrite_output_dir",
-            ] + (["--cache_encoder_outputs"] if mode == "cached" else [])
+                # explicit both ways: the demo config caches the frozen text encoder's outputs by default
+                "--cache_encoder_outputs", "true" if mode == "cached" else "false",
+            ]
             start = time.perf_counter()
             subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
             metrics = json.loads((output / "test_results.json").read_text())
