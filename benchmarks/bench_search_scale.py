@@ -7,6 +7,8 @@ Each stage is its own process, so `/usr/bin/time -v` gives each one's peak RSS:
     python benchmarks/bench_search_scale.py build --dir $D                        # IVF-PQ, lists on disk
     python benchmarks/bench_search_scale.py truth --dir $D                        # exact top-10, blockwise
     python benchmarks/bench_search_scale.py query --dir $D --nprobe 16 32 --k-factors 20 50
+    python benchmarks/bench_search_scale.py build --dir $D --fast-scan                                # 4-bit fast scan
+    python benchmarks/bench_search_scale.py query --dir $D --fast-scan --nprobe 64 128 --k-factors 20 50
     python benchmarks/bench_search_scale.py roundtrip --dir /tmp/atr_100k --rows 100000   # export to Qdrant + query
 
 Vectors: a mixture of `--clusters` Gaussian clusters around random unit centres; the noise has a decaying spectrum
@@ -64,10 +66,16 @@ def stage_generate(args, folder):
 
 def stage_build(args, folder):
     vectors = VectorFile(folder / "vectors.f16", DIM)
-    index = build_ondisk_index(vectors, folder / "index", nlist=args.nlist, pq_m=args.pq_m, train_rows=args.train_rows,
-                               block_rows=args.block_rows, progress=lambda line: print(line, f"(load {load()})", flush=True))
-    sizes = {p.name: p.stat().st_size for p in (folder / "index").iterdir()}
-    return {"rows": len(index), "nlist": args.nlist, "pq_m": args.pq_m, "files": sizes}
+    index = build_ondisk_index(vectors, index_dir(args, folder), nlist=args.nlist, pq_m=args.pq_m, train_rows=args.train_rows,
+                               block_rows=args.block_rows, progress=lambda line: print(line, f"(load {load()})", flush=True),
+                               fast_scan=args.fast_scan)
+    sizes = {p.name: p.stat().st_size for p in index_dir(args, folder).iterdir()}
+    return {"rows": len(index), "nlist": args.nlist, "pq_m": args.pq_m, "fast_scan": args.fast_scan, "files": sizes}
+
+
+def index_dir(args, folder):
+    """Where the build stage writes the index and the query stage reads it: one folder per kind."""
+    return folder / ("index_fastscan" if args.fast_scan else "index")
 
 
 def stage_truth(args, folder):
@@ -87,7 +95,7 @@ def stage_truth(args, folder):
 
 
 def stage_query(args, folder):
-    index = OnDiskIndex(folder / "index")
+    index = OnDiskIndex(index_dir(args, folder))
     queries = torch.from_numpy(np.load(folder / "queries.npy"))
     truth = np.load(folder / "truth.npy")
     index.search(queries[:1], args.k)  # warm-up: maps the index
@@ -156,6 +164,7 @@ def main():
     parser.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--k-factors", type=int, nargs="+", default=[20, 50, 100])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--fast-scan", action="store_true", help="build/query the 4-bit fast-scan variant (lists in RAM)")
     args = parser.parse_args()
     import faiss
 

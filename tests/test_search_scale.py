@@ -125,7 +125,8 @@ def test_export_to_qdrant_local_mode_answers_with_the_exact_top_10_and_spans(tmp
 # ---- the on-disk IVF-PQ index ---------------------------------------------------------------------------------------
 
 
-def test_ondisk_index_equals_exact_search_resumes_per_block_and_opens_after_a_move(tmp_path):
+@pytest.mark.parametrize("fast_scan", [False, True], ids=["ondisk-lists", "fast-scan"])
+def test_ondisk_index_equals_exact_search_resumes_per_block_and_opens_after_a_move(tmp_path, fast_scan):
     pytest.importorskip("faiss")
     from atr.search.ondisk import OnDiskIndex, VectorFile, build_ondisk_index
 
@@ -144,13 +145,14 @@ def test_ondisk_index_equals_exact_search_resumes_per_block_and_opens_after_a_mo
         if len(added) == 2:
             raise KeyboardInterrupt
 
-    options = dict(nlist=16, pq_m=8, train_rows=2000, block_rows=700, niter=5)
+    options = dict(nlist=16, pq_m=8, train_rows=2000, block_rows=700, niter=5, fast_scan=fast_scan)
     with pytest.raises(KeyboardInterrupt):
         build_ondisk_index(stored, tmp_path / "index", progress=stop_after_two_blocks, **options)
     added.clear()
     index = build_ondisk_index(stored, tmp_path / "index", progress=added.append, **options)
     assert [line.split()[2] for line in added if line.startswith("added")] == ["1400..2100", "2100..2800", "2800..3000"]
-    assert sorted(p.name for p in (tmp_path / "index").iterdir()) == ["ivfpq.index", "ivfpq.ivfdata", "ondisk.json", "trained.index"]
+    lists = [] if fast_scan else ["ivfpq.ivfdata"]  # fast-scan lists are inside ivfpq.index
+    assert sorted(p.name for p in (tmp_path / "index").iterdir()) == sorted(["ivfpq.index", "ondisk.json", "trained.index", *lists])
 
     queries = vectors[:20] + 0.05 * torch.randn(20, 32, generator=torch.Generator().manual_seed(1))
     exact_scores, exact_ids = exact_search(queries, torch.from_numpy(stored.read(0, 3000)), 10)
