@@ -16,7 +16,8 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from atr import AtrConfig, AtrFeatureExtractor, AtrModel, AtrProcessor
 from atr.augmentation import make_noise_augmentation, make_training_augmentation
-from atr.data import AtrCollator, estimated_chunk_counts, load_audio_text_dataset
+from atr.collator import AtrCollator
+from atr.data import estimated_chunk_counts, load_audio_text_dataset
 from atr.trainer import AtrTrainer
 
 logger = logging.getLogger("atr.train")
@@ -337,10 +338,8 @@ def main(argv=None):
 
     model, processor = build_model_and_processor(model_args)
     splits = load_splits(data_args, training_args)
-    augment = make_training_augmentation(
-        processor.feature_extractor.sampling_rate, data_args.noise_probability, data_args.noise_min_snr_db,
-        data_args.noise_max_snr_db, data_args.background_noise_dir, data_args.speed_perturbation,
-    )
+    augment = make_training_augmentation(processor.feature_extractor.sampling_rate, data_args.noise_probability, data_args.noise_min_snr_db,
+                                         data_args.noise_max_snr_db, data_args.background_noise_dir, data_args.speed_perturbation)
     if training_args.dataloader_persistent_workers and training_args.dataloader_num_workers > 0:
         raise ValueError("--dataloader_persistent_workers keeps epoch 1's copy of the collator in each worker, so every "
                          "epoch would draw epoch 1's captions and noise: drop the flag (workers restart each epoch)")

@@ -24,7 +24,8 @@ from datasets import Array2D, Array3D, Dataset, Features, IterableDataset, List,
 from datasets.arrow_writer import ArrowWriter
 from filelock import FileLock
 
-from .data import AtrCollator, decode_audio
+from .collator import AtrCollator
+from .data import decode_audio
 from .embedding import module_fingerprint
 
 logger = logging.getLogger(__name__)

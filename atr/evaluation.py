@@ -21,7 +21,8 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .augmentation import NOISE_COLORS, load_noise_files, mix_at_snr
-from .data import AtrCollator, decode_audio
+from .collator import AtrCollator
+from .data import decode_audio
 from .embedding import embed_dataset, embed_texts
 from .feature_extraction_atr import AtrFeatureExtractor
 from .metrics import DEFAULT_PROMPT_TEMPLATE, audio_text_retrieval_metrics, class_prompts, zero_shot_classification_metrics

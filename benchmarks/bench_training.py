@@ -130,7 +130,7 @@ def breakdown(args, workdir):
     import train
     from atr.cache import CachedCollator, build_audio_cache, build_text_cache
     from atr.augmentation import make_noise_augmentation
-    from atr.data import AtrCollator
+    from atr.collator import AtrCollator
 
     torch.set_num_threads(args.threads)
     model_config = {**yaml.safe_load(DEMO.read_text())["model_config"], "freeze_audio_encoder": True}

@@ -11,7 +11,8 @@ from tiny import tiny_atr_config, tiny_tokenizer
 from atr import AtrFeatureExtractor, AtrModel, AtrProcessor
 from atr.cache import CachedCollator, build_audio_cache, build_text_cache, view_seed
 from atr.augmentation import make_noise_augmentation
-from atr.data import AtrCollator, decode_audio, load_audio_text_dataset
+from atr.collator import AtrCollator
+from atr.data import decode_audio, load_audio_text_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 NOISE = {"min_snr_db": 5.0, "max_snr_db": 15.0}

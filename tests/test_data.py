@@ -12,7 +12,8 @@ import torch
 from atr.augmentation import (
     load_noise_files, make_noise_augmentation, make_speed_perturbation, make_training_augmentation, mix_at_snr,
 )
-from atr.data import AtrCollator, decode_audio, load_audio_text_dataset
+from atr.collator import AtrCollator
+from atr.data import decode_audio, load_audio_text_dataset
 
 SR = 16000
 

@@ -6,7 +6,7 @@ import torch
 from tiny import tiny_atr_config, tiny_tokenizer
 
 from atr import AtrFeatureExtractor, AtrModel, AtrProcessor
-from atr.data import AtrCollator
+from atr.collator import AtrCollator
 from atr.embedding import embed_clips, embed_dataset, embed_texts, module_fingerprint
 
 RATE = 8000

@@ -134,7 +134,7 @@ def test_evaluation_with_the_onnx_backend_embeds_as_pytorch(exported, tmp_path):
     import datasets
 
     from atr import evaluation
-    from atr.data import AtrCollator
+    from atr.collator import AtrCollator
     from atr.embedding import embed_dataset
 
     model, processor, out = exported
