@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from .backends import BACKENDS
-from .index import AudioIndex, _read_manifest
+from .index import AudioIndex
+from .manifest import _read_manifest
 
 COMMANDS = ("build", "serve", "space", "export")
 

@@ -9,16 +9,15 @@ done, rank 0 writes `OUT/manifest.json` naming the ranks' shards, so `AudioIndex
 a 1-process build. The split depends on the file list and the process count: re-run with the same ones to resume.
 """
 
-import json
 import logging
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 from filelock import FileLock
 
-from .index import FORMAT_VERSION, LOCK, MANIFEST, AudioIndex, _atomic_write, _check_same_model, _read_manifest
+from .index import AudioIndex, _check_same_model
+from .manifest import FORMAT_VERSION, LOCK, _read_manifest, _write_manifest
 from .sources import collect_items, item_key
 
 logger = logging.getLogger(__name__)
@@ -94,16 +93,13 @@ def merge_rank_indexes(out_dir, source, world, overwrite=False):
         previous = None if overwrite else _read_manifest(out_dir)
         if previous is not None and parts:
             _check_same_model(previous, parts[0]["fingerprint"], parts[0]["model"], out_dir)
-        unchanged = previous is not None and previous["items"] == items and previous.get("skipped", []) == bad
         first = parts[0] if parts else {"model": "", "fingerprint": "", "sampling_rate": None, "dim": None, "shard_size": None}
-        manifest = {
+        header = {
             "format_version": FORMAT_VERSION, "model": first["model"], "fingerprint": first["fingerprint"],
             "sampling_rate": first["sampling_rate"], "dim": first["dim"], "shard_size": first["shard_size"],
-            "root": os.path.relpath(source.root, out_dir.resolve()), "complete": True,
-            "revision": previous["revision"] if unchanged else uuid.uuid4().hex, "items": items, "skipped": bad,
-            "shards": {name: entry for name, entry in shards.items() if name in {i["shard"] for i in items}},
+            "root": os.path.relpath(source.root, out_dir.resolve()),
         }
-        _atomic_write(out_dir / MANIFEST, json.dumps(manifest, indent=1).encode())
+        _write_manifest(out_dir, header, items, bad, shards, previous)
         AudioIndex._remove_unused(out_dir)
         for folder in (out_dir / RANKS).glob("rank-*-of-*"):
             if not folder.name.endswith(f"-of-{world}"):

@@ -6,7 +6,6 @@ source time spans it packs. A re-run embeds only what was added or changed (keye
 `AudioIndex.load(out_dir, model, processor).search("a dog barks", k=10)` ranks it, each hit with its best chunk for the query.
 """
 
-import json
 import logging
 import os
 import tempfile
@@ -17,18 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from filelock import FileLock
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 from tqdm.auto import tqdm
 
 from ..data import decode_audio
 from ..embedding import embed_clips, embed_texts
 from .backends import BACKENDS, FAISS_KINDS, build_faiss_index, exact_search, faiss_search, require_faiss
+from .manifest import FORMAT_VERSION, LOCK, MANIFEST, _atomic_write, _read_manifest, _write_manifest
 from .sources import collect_items, item_key, model_fingerprint
 
 logger = logging.getLogger(__name__)
-MANIFEST = "manifest.json"
-LOCK = ".lock"
-FORMAT_VERSION = 2
 # What each shard must hold: name -> (dtype, rows counted by "rows" or "chunks" of its manifest entry)
 SHARD_LAYOUT = {"embeddings": ("float32", "rows"), "chunk_counts": ("int64", "rows"),
                 "chunk_embeddings": ("float16", "chunks"), "chunk_spans": ("float32", "chunks")}
@@ -47,35 +44,6 @@ class SearchResult:
     chunk: int | None = None
     chunk_score: float | None = None
     spans: list = field(default_factory=list)
-
-
-def _atomic_write(path, data=None, tensors=None):
-    """Write under a unique temporary name in the target folder, then rename: readers and rival writers never see half a file."""
-    path = Path(path)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            if data is not None:
-                f.write(data)
-        if tensors is not None:
-            save_file(tensors, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _read_manifest(out_dir):
-    path = Path(out_dir) / MANIFEST
-    if not path.exists():
-        return None
-    manifest = json.loads(path.read_text())
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"index at {str(out_dir)!r} has format {manifest.get('format_version')}, this atr reads {FORMAT_VERSION}: "
-            "rebuild it with overwrite=True (atr-search --overwrite)"
-        )
-    return manifest
 
 
 def verify_shard(out_dir, name, entry):
@@ -198,13 +166,7 @@ class AudioIndex:
 
         def write_manifest(complete):
             listed = [done[item_key(i)] for i in source.items if item_key(i) in done]
-            used = {i["shard"] for i in listed}
-            unchanged = previous is not None and listed == previous["items"] and skipped == previous.get("skipped", [])
-            revision = previous["revision"] if unchanged else uuid.uuid4().hex
-            _atomic_write(out_dir / MANIFEST, json.dumps({
-                **manifest, "complete": complete, "revision": revision, "items": listed, "skipped": skipped,
-                "shards": {n: e for n, e in shards.items() if n in used},
-            }, indent=1).encode())
+            _write_manifest(out_dir, manifest, listed, skipped, shards, previous, complete)
 
         rate, embedded_names = processor.feature_extractor.sampling_rate, []
         with tqdm(total=len(source.items), initial=len(kept), desc="embedding audio", unit="file", disable=not progress) as bar:
