@@ -140,8 +140,9 @@ def build_ondisk_index(vectors, out_dir, nlist=4096, pq_m=64, train_rows=160_000
             index.add_with_ids(block, np.arange(start, start + len(block), dtype=np.int64))
             _write_index(faiss, index, out_dir / PARTIAL)
             progress(f"added rows {start}..{start + len(block)} of {len(vectors)}")
-        _write_index(faiss, index, out_dir / INDEX)
-        (out_dir / PARTIAL).unlink(missing_ok=True)
+        if not (out_dir / PARTIAL).exists():  # no rows to add
+            _write_index(faiss, index, out_dir / PARTIAL)
+        os.replace(out_dir / PARTIAL, out_dir / INDEX)  # the last block's write is the finished index: no second copy
         return OnDiskIndex(out_dir)
     block_files = []
     for number, start in enumerate(range(0, len(vectors), block_rows)):
