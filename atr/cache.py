@@ -262,6 +262,48 @@ def _audio_token_shape(model, extractor) -> tuple[int, int]:
     return shape
 
 
+class _ColumnRows:
+    """Rows of a variable-length list / ArrayND column of a memory-mapped cache as numpy views (n_i, *tail_shape).
+
+    datasets' numpy formatter rebuilds the extension type of every row it reads, and an Arrow `take` copies the
+    nested lists: together most of a cached step. The column's flattened values are views into the memory map, so a
+    row is a slice. Built lazily in the process that reads (a DataLoader worker), never pickled.
+    """
+
+    def __init__(self, dataset: Dataset, column: str, tail_shape: tuple[int, ...]):
+        self.dataset, self.column, self.tail_shape = dataset, column, tuple(tail_shape)
+        self._chunks = None
+
+    def _load(self):
+        self._chunks, starts = [], [0]
+        for chunk in self.dataset.data.table.column(self.column).chunks:
+            lists = getattr(chunk, "storage", chunk)  # ArrayND chunks are extension arrays over nested lists
+            values = lists
+            for _ in range(len(self.tail_shape) + 1):
+                values = values.flatten()
+            offsets = lists.offsets.to_numpy()
+            self._chunks.append((values.to_numpy(zero_copy_only=False).reshape(-1, *self.tail_shape), offsets - offsets[0]))
+            starts.append(starts[-1] + len(lists))
+        self._starts = np.asarray(starts)
+        mapping = self.dataset._indices  # a select()/shuffle() view: row i is the file's row mapping[i]
+        self._mapping = None if mapping is None else mapping.column(0).to_numpy().astype(np.int64)
+
+    def take(self, indices) -> list[np.ndarray]:
+        """The rows `indices` (read-only views)."""
+        if self._chunks is None:
+            self._load()
+        rows = np.asarray(indices) if self._mapping is None else self._mapping[np.asarray(indices)]
+        which = np.searchsorted(self._starts, rows, side="right") - 1
+        out = []
+        for chunk, row in zip(which, rows - self._starts[which]):
+            flat, offsets = self._chunks[chunk]
+            out.append(flat[offsets[row] : offsets[row + 1]])
+        return out
+
+    def __getstate__(self):
+        return {**self.__dict__, "_chunks": None}
+
+
 def _pad(arrays: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad a list of (n_i, ...) tensors to (B, max n, ...) and return it with its (B, max n) int64 mask."""
     padded = torch.nn.utils.rnn.pad_sequence(arrays, batch_first=True)
@@ -284,11 +326,15 @@ class CachedCollator(AtrCollator):
         if text_cache is None and audio_cache is None:
             raise ValueError("CachedCollator needs text_cache=, audio_cache= or both: otherwise use AtrCollator")
         super().__init__(processor, training=True, **kwargs)
-        # numpy, not torch, format: datasets' torch formatter is about 1.5x slower on these nested arrays.
-        self.text_cache = None if text_cache is None else text_cache.with_format("numpy", columns=["text_states"])
-        self.audio_cache = None if audio_cache is None else audio_cache.with_format("numpy", columns=["audio_states", "audio_frames"])
+        self.text_cache, self.audio_cache = text_cache, audio_cache
         self.noise_probability = float(noise_probability)
         self.num_views = 0
+        # the fixed trailing dimensions of each row (its first, the tokens or chunks, varies)
+        if text_cache is not None:
+            self._text_states = _ColumnRows(text_cache, "text_states", text_cache.features["text_states"].shape[1:])
+        if audio_cache is not None:
+            self._audio_states = _ColumnRows(audio_cache, "audio_states", audio_cache.features["audio_states"].shape[1:])
+            self._audio_frames = _ColumnRows(audio_cache, "audio_frames", ())
         if audio_cache is not None:
             clips = int(audio_cache[len(audio_cache) - 1]["clip"]) + 1
             self.num_views = len(audio_cache) // clips - 1
@@ -321,18 +367,20 @@ class CachedCollator(AtrCollator):
         generator = np.random.default_rng([self.seed, int(seeds[0])])
         batch = {"return_loss": True}
         if self.text_cache is not None:
-            text = self.text_cache[[int(self.caption_offsets[c] + i) for c, i in zip(clips, choices)]]["text_states"]
-            batch["text_hidden_states"], batch["attention_mask"] = _pad([torch.from_numpy(t).float() for t in text])
+            captions = [int(self.caption_offsets[c] + i) for c, i in zip(clips, choices)]
+            text = self._text_states.take(captions)
+            batch["text_hidden_states"], batch["attention_mask"] = _pad([torch.from_numpy(np.array(t)).float() for t in text])
         else:
             texts = [row["captions"][i] for row, i in zip(rows, choices)]
             batch.update(self.processor(text=texts, return_tensors="pt"))
         if self.audio_cache is not None:
             indices = [c * (self.num_views + 1) + self._view(seed) for c, seed in zip(clips, seeds)]
-            cached = self.audio_cache[indices]
-            keep = self._sample_chunks([np.arange(len(a)) for a in cached["audio_states"]], generator)
-            states = [torch.from_numpy(a[k]).float() for a, k in zip(cached["audio_states"], keep)]
+            cached = self._audio_states.take(indices)
+            keep = self._sample_chunks([np.arange(len(a)) for a in cached], generator)
+            states = [torch.from_numpy(a[k]).float() for a, k in zip(cached, keep)]
             batch["audio_hidden_states"], batch["chunk_mask"] = _pad(states)
-            frames = _pad([torch.from_numpy(np.asarray(f)[k]) for f, k in zip(cached["audio_frames"], keep)])[0]
+            cached_frames = self._audio_frames.take(indices)
+            frames = _pad([torch.from_numpy(f[k]) for f, k in zip(cached_frames, keep)])[0]
             total = self.processor.feature_extractor.frames_per_chunk
             batch["audio_attention_mask"] = (torch.arange(total) < frames[..., None]).long()
         else:

@@ -1,13 +1,33 @@
 """AtrModel's parts: one adapter per audio backbone family, the projection head, attention pooling, cross-modal attention."""
 
+import functools
 import math
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from transformers import ClapAudioModel
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+
+@functools.lru_cache(maxsize=8)
+def bicubic_stretch_matrix(frames: int, target: int) -> np.ndarray:
+    """(target, frames) matrix of PyTorch's 1-D bicubic interpolation with align_corners=True (a = -0.75, edges clamped)."""
+    a = -0.75
+    # float32 positions, as PyTorch's CPU kernel computes them: the same taps and weights, not just close ones
+    source = np.arange(target, dtype=np.float32) * np.float32((frames - 1) / (target - 1))
+    first = np.floor(source).astype(np.int64)
+    t = (source - first).astype(np.float64)
+    near, far = np.stack([t, 1 - t]), np.stack([t + 1, 2 - t])
+    inner = ((a + 2) * near - (a + 3)) * near * near + 1  # taps first and first + 1
+    outer = ((a * far - 5 * a) * far + 8 * a) * far - 4 * a  # taps first - 1 and first + 2
+    matrix = np.zeros((target, frames))
+    rows = np.arange(target)
+    for offset, weight in zip((-1, 0, 1, 2), (outer[0], inner[0], inner[1], outer[1])):
+        np.add.at(matrix, (rows, np.clip(first + offset, 0, frames - 1)), weight)
+    return matrix.astype(np.float32)
 
 
 class ClapAudioAdapter(nn.Module):
@@ -18,13 +38,28 @@ class ClapAudioAdapter(nn.Module):
         self.encoder = ClapAudioModel(audio_config)
         self.hidden_size = audio_config.hidden_size
         self.fused = bool(getattr(audio_config, "enable_fusion", False))
+        htsat = self.encoder.audio_encoder
+        self.image_frames = int(htsat.spec_size * htsat.freq_ratio)  # the frames HTSAT stretches a chunk to
 
     def forward(self, features, frame_mask=None):
         """Return the token sequence (N, L, H) and its mask (None: repeat-padded windows hold real sound everywhere)."""
         # A chunk never exceeds the window, so no chunk is "longer" and the fusion branch (local crops) stays off.
         is_longer = torch.zeros(features.shape[0], 1, dtype=torch.bool, device=features.device) if self.fused else None
-        hidden = self.encoder(input_features=features, is_longer=is_longer).last_hidden_state  # (N, H, F', T'): a map
+        hidden = self.encoder(input_features=self._stretch_frames(features), is_longer=is_longer).last_hidden_state  # (N, H, F', T')
         return hidden.flatten(2).transpose(1, 2), None
+
+    def _stretch_frames(self, features):
+        """In eval mode, HTSAT's bicubic stretch of the frames to the image width, done as one matmul (same values)."""
+        # The encoder stretches (N, C, frames, mels) along time by bicubic interpolation after its BatchNorm; on a CPU
+        # that interpolation costs about 6% of the forward pass (ONNX Runtime and PyTorch alike). In eval mode the
+        # BatchNorm is a per-mel affine map and the interpolation weights of each output frame sum to 1, so the two
+        # commute: stretching first, by the interpolation's own matrix, gives the same input and the encoder skips its
+        # own. In training, BatchNorm's statistics are of the real frames, so the encoder keeps its path.
+        frames = features.shape[-2]
+        if self.encoder.training or frames >= self.image_frames:
+            return features
+        matrix = torch.from_numpy(bicubic_stretch_matrix(frames, self.image_frames)).to(features)
+        return torch.einsum("st,nctm->ncsm", matrix, features)
 
     @staticmethod
     def token_mask(frame_mask):
@@ -130,10 +165,17 @@ class AtrCrossModalAttention(nn.Module):
         super().__init__()
         self.heads = heads
         self.query = nn.Linear(dim, dim)
-        self.key = nn.Linear(dim, dim)
+        # No key bias: with one query per row it adds the same score to every token, which the softmax cancels.
+        self.key = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, query, values, mask=None):
-        """Attend from query (N, D) over values (N, L, D) where mask (N, L) is set: (N, D)."""
+    def forward(self, query, values, mask=None, value_projection: nn.Linear | None = None):
+        """Attend from query (N, D) over values (N, L, D) where mask (N, L) is set: (N, D).
+
+        With `value_projection`, `values` are tokens (N, L, H) and the values are `value_projection(values)`, never
+        materialised: the same result at a fraction of the cost when L is large.
+        """
+        if value_projection is not None:
+            return self._attend_projected(query, values, mask, value_projection)
         n, length, dim = values.shape
         split = (n, length, self.heads, dim // self.heads)
         q = self.query(query).view(n, self.heads, 1, dim // self.heads)
@@ -141,6 +183,20 @@ class AtrCrossModalAttention(nn.Module):
         v = values.view(split).transpose(1, 2)
         attn_mask = None if mask is None else mask.bool()[:, None, None, :]
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask).reshape(n, dim)
+
+    def _attend_projected(self, query, tokens, mask, projection):
+        # Keys are W_k (P x + b_p) + b_k for tokens x: the score q_h . k_h is (P^T W_k,h^T q_h) . x plus terms constant
+        # over the tokens, which the softmax cancels; each head's output is P_h (sum of weights * x) + b_p,h, since the
+        # weights sum to 1. So neither the projected values nor their keys (two D x D maps per token) are computed.
+        n, dim, head_dim = query.shape[0], self.key.out_features, self.key.out_features // self.heads
+        q = self.query(query).view(n, self.heads, head_dim)
+        token_query = torch.einsum("nhe,hed,dk->nhk", q, self.key.weight.view(self.heads, head_dim, dim), projection.weight)
+        scores = torch.einsum("nhk,nlk->nhl", token_query, tokens) / math.sqrt(head_dim)
+        if mask is not None:
+            scores = scores.masked_fill(~mask.bool()[:, None, :], float("-inf"))
+        mixed = torch.einsum("nhl,nlk->nhk", scores.softmax(dim=-1), tokens)
+        out = torch.einsum("nhk,hek->nhe", mixed, projection.weight.view(self.heads, head_dim, -1))
+        return (out + projection.bias.view(self.heads, head_dim)).reshape(n, dim)
 
 
 def masked_mean(tokens, mask):

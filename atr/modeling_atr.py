@@ -198,8 +198,8 @@ class AtrModel(AtrPreTrainedModel):
                     hidden, mask = self.audio_model(batch, frames)
             refined = self.audio_head(hidden, mask)
             embeds.append(self.audio_projection(self._pool_audio_tokens(refined, mask)))
-            if keep_tokens:
-                values.append(self.audio_projection(refined))
+            if keep_tokens:  # the head's tokens: the cross-modal attention projects them itself, lazily
+                values.append(refined)
                 masks.append(torch.ones(refined.shape[:2], dtype=torch.bool, device=refined.device) if mask is None else mask)
         if keep_tokens:
             return torch.cat(embeds), torch.cat(values), torch.cat(masks)
@@ -208,7 +208,8 @@ class AtrModel(AtrPreTrainedModel):
     def _audio_chunks(self, input_features, chunk_mask, audio_attention_mask=None, keep_tokens=False, audio_hidden_states=None):
         """Chunk embeddings (B, C, D) and mask (B, C) from chunked features (or encoder states); padding chunks are never encoded.
 
-        With `keep_tokens`, also each real chunk's token values (N, L, D) in the shared space and their mask (N, L).
+        With `keep_tokens`, also each real chunk's head tokens (N, L, H) (`audio_projection` maps them to the shared
+        space) and their mask (N, L).
         """
         precomputed = audio_hidden_states is not None
         if precomputed:
@@ -304,7 +305,7 @@ class AtrModel(AtrPreTrainedModel):
             text_tokens, text_mask = self._encode_text_tokens(input_ids, attention_mask, token_type_ids, text_hidden_states)
             text_embeds = F.normalize(self._pool_text(text_tokens, text_mask), dim=-1)
         if has_audio:
-            chunk_embeds, chunk_mask, audio_values, audio_value_mask = self._audio_chunks(
+            chunk_embeds, chunk_mask, audio_tokens, audio_token_mask = self._audio_chunks(
                 input_features, chunk_mask, audio_attention_mask, keep_tokens=want_loss, audio_hidden_states=audio_hidden_states
             )
             pooled, chunk_weights = self.chunk_pooling(chunk_embeds, chunk_mask)
@@ -321,7 +322,7 @@ class AtrModel(AtrPreTrainedModel):
                 )
             text_values = self.text_projection(text_tokens) if self.config.cross_modal_attention else None
             pair_audio, pair_text = self.pair_embeddings(
-                chunk_embeds, chunk_mask, audio_values, audio_value_mask, text_values, text_mask, audio_embeds, text_embeds
+                chunk_embeds, chunk_mask, audio_tokens, audio_token_mask, text_values, text_mask, audio_embeds, text_embeds
             )
             pair_audio, pair_text = F.normalize(pair_audio, dim=-1), F.normalize(pair_text, dim=-1)
             loss_cosine = (1 - (pair_audio * pair_text).sum(-1)).mean()
@@ -340,11 +341,12 @@ class AtrModel(AtrPreTrainedModel):
 
     # ---- training-only parts --------------------------------------------------------------------------------
 
-    def pair_embeddings(self, chunk_embeds, chunk_mask, audio_values, audio_value_mask, text_values, text_mask, audio_query, text_query):
+    def pair_embeddings(self, chunk_embeds, chunk_mask, audio_tokens, audio_token_mask, text_values, text_mask, audio_query, text_query):
         """Training-only pair vectors (a~, t~), unnormalised: a~ built from audio values only, t~ from text values only.
 
-        `audio_values` (N, L, D) are the token values of the N real chunks (row-major over `chunk_mask` (B, C)),
-        `text_values` (B, T, D) the caption tokens'; the caption's embedding `text_query` (B, D) picks where a~ looks
+        `audio_tokens` (N, L, H) are the head tokens of the N real chunks (row-major over `chunk_mask` (B, C)), whose
+        values are `audio_projection(audio_tokens)` (N, L, D); `text_values` (B, T, D) are the caption tokens' values;
+        the caption's embedding `text_query` (B, D) picks where a~ looks
         (tokens within each chunk, then chunks), the recording's embedding `audio_query` (B, D) where t~ looks.
         Without cross-modal attention: a~ pools the chunk embeddings with the caption as query, t~ is `text_query`.
         """
@@ -352,7 +354,7 @@ class AtrModel(AtrPreTrainedModel):
             pooled, _ = self.chunk_pooling(chunk_embeds, chunk_mask, query=text_query)
             return pooled, text_query
         owner = torch.arange(chunk_mask.shape[0], device=chunk_mask.device)[:, None].expand_as(chunk_mask)[chunk_mask]
-        attended = self.text_to_audio(text_query[owner], audio_values, audio_value_mask)
+        attended = self.text_to_audio(text_query[owner], audio_tokens, audio_token_mask, value_projection=self.audio_projection)
         chunk_pairs = attended.new_zeros(*chunk_mask.shape, attended.shape[-1])
         chunk_pairs[chunk_mask] = attended
         pair_audio, _ = self.chunk_pooling(chunk_pairs, chunk_mask, query=text_query)

@@ -41,6 +41,31 @@ def loss_of(model, batch):
         return model(**batch).loss.item()
 
 
+def test_cached_rows_are_read_as_datasets_reads_them_across_record_batches_and_views(tmp_path):
+    """The collator's direct Arrow reader gives each row's array as datasets' numpy format does, in any order."""
+    from datasets import Array3D, Dataset, Features, List, Value
+    from datasets.arrow_writer import ArrowWriter
+
+    from atr.cache import _ColumnRows
+
+    rng = np.random.default_rng(0)
+    features = Features({"states": Array3D(shape=(None, 2, 3), dtype="float16"), "frames": List(Value("int64"))})
+    rows = [{"states": rng.standard_normal((n, 2, 3)).astype("float16"), "frames": list(range(n))} for n in (1, 3, 2, 4, 1, 2, 3)]
+    with ArrowWriter(features=features, path=str(tmp_path / "data.arrow"), writer_batch_size=3) as writer:
+        for row in rows:
+            writer.write(row)
+        writer.finalize()
+    cache = Dataset.from_file(str(tmp_path / "data.arrow"))
+    assert cache.data.table.column("states").num_chunks == 3  # rows split over record batches
+    for view in (cache, cache.select([6, 0, 4, 1])):
+        order = [3, 0, 2, 2, 1] if view is cache else [0, 3, 1, 2]
+        expected = view.with_format("numpy")[order]
+        for got, want in zip(_ColumnRows(view, "states", (2, 3)).take(order), expected["states"]):
+            np.testing.assert_array_equal(got, want)
+        for got, want in zip(_ColumnRows(view, "frames", ()).take(order), expected["frames"]):
+            np.testing.assert_array_equal(got, want)
+
+
 def test_text_cache_gives_the_uncached_loss(setup, tmp_path):
     model, processor, dataset = setup
     augment = make_noise_augmentation(p=0.5, **NOISE)

@@ -5,10 +5,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from tiny import tiny_atr_config, tiny_clap_audio_config, tiny_roberta_config, tiny_tokenizer, tiny_whisper_config
 from transformers import TrainingArguments
 
 from atr import AtrFeatureExtractor, AtrModel
+from atr.layers_atr import AtrCrossModalAttention
 from atr.trainer import AtrTrainer
 
 SR = 16_000
@@ -58,19 +60,20 @@ def test_logit_scale_and_pooling_query_are_not_weight_decayed(tmp_path):
 
 
 def pair_inputs(model, seed=0):
-    """Random pair-embedding inputs: 2 clips (2 and 1 real chunks, 5 tokens each), captions of 4 and 3 tokens."""
+    """Random pair-embedding inputs: 2 clips (2 and 1 real chunks, 5 head tokens each), captions of 4 and 3 tokens."""
     g = torch.Generator().manual_seed(seed)
-    dim = model.config.projection_dim
+    dim, hidden = model.config.projection_dim, model.config.head_hidden_size
     chunk_mask = torch.tensor([[True, True], [True, False]])
-    audio_values = torch.randn(3, 5, dim, generator=g)
-    audio_value_mask = torch.ones(3, 5, dtype=torch.bool)
-    audio_value_mask[2, 3:] = False
+    audio_tokens = torch.randn(3, 5, hidden, generator=g)
+    audio_token_mask = torch.ones(3, 5, dtype=torch.bool)
+    audio_token_mask[2, 3:] = False
     text_values = torch.randn(2, 4, dim, generator=g)
     text_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
     chunk_embeds = torch.zeros(2, 2, dim)
-    chunk_embeds[chunk_mask] = audio_values.mean(1)
+    with torch.no_grad():
+        chunk_embeds[chunk_mask] = model.audio_projection(audio_tokens.mean(1))
     audio_query, text_query = torch.randn(2, dim, generator=g), torch.randn(2, dim, generator=g)
-    return [chunk_embeds, chunk_mask, audio_values, audio_value_mask, text_values, text_mask, audio_query, text_query]
+    return [chunk_embeds, chunk_mask, audio_tokens, audio_token_mask, text_values, text_mask, audio_query, text_query]
 
 
 def in_convex_hull_per_coordinate(vector, values):
@@ -83,18 +86,36 @@ def test_alignment_pairs_are_built_from_their_own_modality_only():
     model = make_model().eval()
     inputs = pair_inputs(model)
     pair_audio, pair_text = model.pair_embeddings(*inputs)
-    audio_values, audio_value_mask, text_values, text_mask = inputs[2], inputs[3], inputs[4], inputs[5]
+    audio_tokens, audio_token_mask, text_values, text_mask = inputs[2], inputs[3], inputs[4], inputs[5]
+    with torch.no_grad():
+        audio_values = model.audio_projection(audio_tokens)  # the audio side's values in the shared space
     assert in_convex_hull_per_coordinate(pair_audio[0], audio_values[:2].reshape(-1, audio_values.shape[-1]))
-    assert in_convex_hull_per_coordinate(pair_audio[1], audio_values[2][audio_value_mask[2]])
+    assert in_convex_hull_per_coordinate(pair_audio[1], audio_values[2][audio_token_mask[2]])
     assert in_convex_hull_per_coordinate(pair_text[1], text_values[1][text_mask[1].bool()])
 
     changed_text = list(inputs)
     changed_text[4] = torch.randn_like(text_values)  # the caption's values change, its query does not
     torch.testing.assert_close(model.pair_embeddings(*changed_text)[0], pair_audio)
     changed_audio = list(inputs)
-    changed_audio[2] = torch.randn_like(audio_values)  # the recording's values change, its query does not
+    changed_audio[2] = torch.randn_like(audio_tokens)  # the recording's values change, its query does not
     torch.testing.assert_close(model.pair_embeddings(*changed_audio)[1], pair_text)
     assert not torch.allclose(model.pair_embeddings(*changed_audio)[0], pair_audio)
+
+
+def test_attention_over_lazily_projected_tokens_equals_attention_over_the_projected_values():
+    """The cached-training shortcut (never projecting every token) gives the attention over the projected values, and its gradients."""
+    torch.manual_seed(0)
+    attention, projection = AtrCrossModalAttention(16, heads=4), nn.Linear(24, 16)
+    query, tokens = torch.randn(3, 16), torch.randn(3, 7, 24, requires_grad=True)
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[1, 4:] = False
+    lazy = attention(query, tokens, mask, value_projection=projection)
+    reference = attention(query, projection(tokens), mask)
+    torch.testing.assert_close(lazy, reference, rtol=1e-5, atol=1e-5)
+    lazy_grads = torch.autograd.grad(lazy.square().sum(), [tokens, projection.weight, attention.key.weight])
+    reference_grads = torch.autograd.grad(reference.square().sum(), [tokens, projection.weight, attention.key.weight])
+    for got, expected in zip(lazy_grads, reference_grads):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
 # --- token masks and chunk packing -------------------------------------------------------------------------------

@@ -233,3 +233,26 @@ def test_alignment_scale_weights_only_the_alignment_terms():
         model.alignment_scale = 0.25
         ramped = model(**inputs)
     torch.testing.assert_close(ramped.loss, full.loss_contrastive + 0.25 * (full.loss_cosine + full.loss_l1))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_clap_adapter_stretches_frames_as_htsat_does(fused):
+    """In eval mode the adapter's one-matmul frame stretch gives HTSAT's own tokens (bicubic interpolation inside it)."""
+    from transformers import ClapAudioConfig
+
+    from atr.layers_atr import ClapAudioAdapter, bicubic_stretch_matrix
+
+    torch.manual_seed(0)
+    config = ClapAudioConfig(**{**tiny_clap_audio_config().to_dict(), "enable_fusion": fused})
+    adapter = ClapAudioAdapter(config).eval()
+    with torch.no_grad():  # BatchNorm statistics that are not the identity, so the order of the two maps matters
+        adapter.encoder.audio_encoder.batch_norm.running_mean.normal_()
+        adapter.encoder.audio_encoder.batch_norm.running_var.uniform_(0.5, 2.0)
+    features = torch.randn(3, 4 if fused else 1, 201, config.num_mel_bins)  # 201 frames, stretched to 256
+    is_longer = torch.zeros(3, 1, dtype=torch.bool) if fused else None
+    with torch.no_grad():
+        tokens, _ = adapter(features)
+        reference = adapter.encoder(input_features=features, is_longer=is_longer).last_hidden_state.flatten(2).transpose(1, 2)
+    torch.testing.assert_close(tokens, reference, rtol=1e-4, atol=1e-5)
+    stretch = torch.nn.functional.interpolate(features, (256, config.num_mel_bins), mode="bicubic", align_corners=True)
+    torch.testing.assert_close(torch.einsum("st,nctm->ncsm", torch.from_numpy(bicubic_stretch_matrix(201, 256)), features), stretch)
