@@ -102,7 +102,7 @@ def load_eval_dataset(args):
 def run_evaluation(args) -> dict:
     """Evaluate, then write results.json, results.md and the plots (and the model card when asked)."""
     import atr
-    from atr import evaluation
+    from atr import evaluation, reporting
     from atr.metrics import save_results
 
     if not args.model:
@@ -134,24 +134,24 @@ def run_evaluation(args) -> dict:
     if output_dir is not None:
         saved = save_results(output_dir / "results.json", **results)
         results = json.loads(saved.read_text())  # with the provenance fields save_results adds
-        (output_dir / "results.md").write_text(evaluation.results_markdown(results))
-        evaluation.write_plots(results, output_dir)
+        (output_dir / "results.md").write_text(reporting.results_markdown(results))
+        reporting.write_plots(results, output_dir)
         print(f"wrote {output_dir}/results.json, results.md and plots")
-    print(evaluation.results_markdown(results))
+    print(reporting.results_markdown(results))
     if args.update_model_card:
         from atr.model_card import update_model_card
 
         if not os.path.isdir(args.model):
             raise ValueError(f"--update_model_card needs a local model directory, but --model is {args.model!r}: "
                              "download the model, evaluate that folder, then push its README.md")
-        update_model_card(Path(args.model) / "README.md", evaluation.card_records(results))
+        update_model_card(Path(args.model) / "README.md", reporting.card_records(results))
         print(f"updated {Path(args.model) / 'README.md'}")
     return results
 
 
 def run_comparison(args) -> list[dict]:
     """Wilcoxon signed-rank tests between two results.json files; the table printed and, with --output_dir, saved."""
-    from atr import evaluation
+    from atr import reporting
     from atr.metrics import save_results
 
     path_a, path_b = args.compare
@@ -160,8 +160,8 @@ def run_comparison(args) -> list[dict]:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--compare file {path} does not exist: pass two results.json files from evaluate.py")
         loaded.append(json.loads(Path(path).read_text()))
-    rows = evaluation.compare_results(*loaded)
-    table = evaluation.comparison_markdown(rows, f"{loaded[0]['model']} ({path_a})", f"{loaded[1]['model']} ({path_b})")
+    rows = reporting.compare_results(*loaded)
+    table = reporting.comparison_markdown(rows, f"{loaded[0]['model']} ({path_a})", f"{loaded[1]['model']} ({path_b})")
     if args.output_dir:
         output_dir = check_output_dir(args.output_dir, args.overwrite, "comparison.json")
         save_results(output_dir / "comparison.json", a=path_a, b=path_b, model_a=loaded[0]["model"], model_b=loaded[1]["model"],

@@ -329,13 +329,12 @@ class CachedCollator(AtrCollator):
         self.text_cache, self.audio_cache = text_cache, audio_cache
         self.noise_probability = float(noise_probability)
         self.num_views = 0
-        # the fixed trailing dimensions of each row (its first, the tokens or chunks, varies)
+        # Each row's array has a fixed shape after its first dimension (tokens, or chunks), given by the feature.
         if text_cache is not None:
             self._text_states = _ColumnRows(text_cache, "text_states", text_cache.features["text_states"].shape[1:])
         if audio_cache is not None:
             self._audio_states = _ColumnRows(audio_cache, "audio_states", audio_cache.features["audio_states"].shape[1:])
             self._audio_frames = _ColumnRows(audio_cache, "audio_frames", ())
-        if audio_cache is not None:
             clips = int(audio_cache[len(audio_cache) - 1]["clip"]) + 1
             self.num_views = len(audio_cache) // clips - 1
         if text_cache is not None:

@@ -185,8 +185,8 @@ class AtrCrossModalAttention(nn.Module):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask).reshape(n, dim)
 
     def _attend_projected(self, query, tokens, mask, projection):
-        # Keys are W_k (P x + b_p) + b_k for tokens x: the score q_h . k_h is (P^T W_k,h^T q_h) . x plus terms constant
-        # over the tokens, which the softmax cancels; each head's output is P_h (sum of weights * x) + b_p,h, since the
+        # Keys are W_k (P x + b_p) for tokens x: the score q_h . k_h is (P^T W_k,h^T q_h) . x plus a term constant over
+        # the tokens, which the softmax cancels; each head's output is P_h (sum of weights * x) + b_p,h, since the
         # weights sum to 1. So neither the projected values nor their keys (two D x D maps per token) are computed.
         n, dim, head_dim = query.shape[0], self.key.out_features, self.key.out_features // self.heads
         q = self.query(query).view(n, self.heads, head_dim)
