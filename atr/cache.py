@@ -267,7 +267,7 @@ class _ColumnRows:
 
     datasets' numpy formatter rebuilds the extension type of every row it reads, and an Arrow `take` copies the
     nested lists: together most of a cached step. The column's flattened values are views into the memory map, so a
-    row is a slice. Built lazily in the process that reads (a DataLoader worker), never pickled.
+    row is a slice. The views are built lazily in the reading process (a DataLoader worker) and dropped when pickled.
     """
 
     def __init__(self, dataset: Dataset, column: str, tail_shape: tuple[int, ...]):
@@ -368,7 +368,7 @@ class CachedCollator(AtrCollator):
         if self.text_cache is not None:
             captions = [int(self.caption_offsets[c] + i) for c, i in zip(clips, choices)]
             text = self._text_states.take(captions)
-            batch["text_hidden_states"], batch["attention_mask"] = _pad([torch.from_numpy(np.array(t)).float() for t in text])
+            batch["text_hidden_states"], batch["attention_mask"] = _pad([torch.tensor(t, dtype=torch.float32) for t in text])
         else:
             texts = [row["captions"][i] for row, i in zip(rows, choices)]
             batch.update(self.processor(text=texts, return_tensors="pt"))

@@ -16,7 +16,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 def bicubic_stretch_matrix(frames: int, target: int) -> np.ndarray:
     """(target, frames) matrix of PyTorch's 1-D bicubic interpolation with align_corners=True (a = -0.75, edges clamped)."""
     a = -0.75
-    # float32 positions, as PyTorch's CPU kernel computes them: the same taps and weights, not just close ones
+    # float32 positions, as PyTorch's CPU kernel computes them: the same taps, and weights equal up to float rounding
     source = np.arange(target, dtype=np.float32) * np.float32((frames - 1) / (target - 1))
     first = np.floor(source).astype(np.int64)
     t = (source - first).astype(np.float64)
@@ -49,17 +49,18 @@ class ClapAudioAdapter(nn.Module):
         return hidden.flatten(2).transpose(1, 2), None
 
     def _stretch_frames(self, features):
-        """In eval mode, HTSAT's bicubic stretch of the frames to the image width, done as one matmul (same values)."""
+        """With BatchNorm on running statistics, HTSAT's bicubic stretch of the frames done first, as one matmul (equal up to rounding)."""
         # The encoder stretches (N, C, frames, mels) along time by bicubic interpolation after its BatchNorm; on a CPU
         # that interpolation costs about 6% of the forward pass (ONNX Runtime and PyTorch alike). In eval mode the
         # BatchNorm is a per-mel affine map and the interpolation weights of each output frame sum to 1, so the two
         # commute: stretching first, by the interpolation's own matrix, gives the same input and the encoder skips its
-        # own. In training, BatchNorm's statistics are of the real frames, so the encoder keeps its path.
-        frames = features.shape[-2]
-        if self.encoder.training or frames >= self.image_frames:
+        # own. A BatchNorm in training uses the real frames' statistics, so then the encoder keeps its path.
+        frames, norm = features.shape[-2], self.encoder.audio_encoder.batch_norm
+        if (norm.training or not norm.track_running_stats) or frames >= self.image_frames:
             return features
-        matrix = torch.from_numpy(bicubic_stretch_matrix(frames, self.image_frames)).to(features)
-        return torch.einsum("st,nctm->ncsm", matrix, features)
+        matrix = torch.from_numpy(bicubic_stretch_matrix(frames, self.image_frames)).to(features.device)
+        # float32 like PyTorch's interpolation, whatever the features' dtype
+        return torch.einsum("st,nctm->ncsm", matrix, features.float()).to(features.dtype)
 
     @staticmethod
     def token_mask(frame_mask):

@@ -32,6 +32,8 @@ TRAINING_KEYS = (
     "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps",
     "warmup_steps", "warmup_ratio", "lr_scheduler_type", "weight_decay", "optim", "max_grad_norm", "bf16", "fp16", "seed",
 )
+
+
 def _hub_id(backbone: str | None) -> str | None:
     """The Hub id of a backbone given as a Hub id or a local path (None when a local path has no known Hub id)."""
     if not backbone:

@@ -66,6 +66,8 @@ class AtrPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     # The hybrid loss is computed from the whole batch, never normalised by a token count.
     accepts_loss_kwargs = False
+    # Models saved before the cross-modal keys lost their bias (which the softmax always cancelled) load unchanged.
+    _keys_to_ignore_on_load_unexpected = [r"(text_to_audio|audio_to_text)\.key\.bias"]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -182,11 +184,11 @@ class AtrModel(AtrPreTrainedModel):
         return masked_mean(tokens, mask)
 
     def _encode_audio_chunks(self, chunks, frame_mask, keep_tokens=False, precomputed=False):
-        """Run real chunks (N, ...) through encoder and head in bounded mini-batches: chunk embeddings (N, D) [+ token values, mask].
+        """Run real chunks (N, ...) through encoder and head in bounded mini-batches: chunk embeddings (N, D) [+ head tokens, mask].
 
         With `precomputed=True` the chunks are already the encoder's token states (N, L, H).
         """
-        embeds, values, masks = [], [], []
+        embeds, tokens, masks = [], [], []
         step = self.config.audio_chunk_batch_size
         for start in range(0, chunks.shape[0], step):
             batch = chunks[start : start + step]
@@ -199,10 +201,10 @@ class AtrModel(AtrPreTrainedModel):
             refined = self.audio_head(hidden, mask)
             embeds.append(self.audio_projection(self._pool_audio_tokens(refined, mask)))
             if keep_tokens:  # the head's tokens: the cross-modal attention projects them itself, lazily
-                values.append(refined)
+                tokens.append(refined)
                 masks.append(torch.ones(refined.shape[:2], dtype=torch.bool, device=refined.device) if mask is None else mask)
         if keep_tokens:
-            return torch.cat(embeds), torch.cat(values), torch.cat(masks)
+            return torch.cat(embeds), torch.cat(tokens), torch.cat(masks)
         return torch.cat(embeds), None, None
 
     def _audio_chunks(self, input_features, chunk_mask, audio_attention_mask=None, keep_tokens=False, audio_hidden_states=None):
@@ -237,10 +239,10 @@ class AtrModel(AtrPreTrainedModel):
                 "frames): pass the feature extractor's audio_attention_mask with its input_features"
             )
         frame_mask = None if audio_attention_mask is None else audio_attention_mask[chunk_mask]
-        embeds, values, token_mask = self._encode_audio_chunks(input_features[chunk_mask], frame_mask, keep_tokens, precomputed)
+        embeds, tokens, token_mask = self._encode_audio_chunks(input_features[chunk_mask], frame_mask, keep_tokens, precomputed)
         chunk_embeds = embeds.new_zeros(batch, num_chunks, embeds.shape[-1])
         chunk_embeds[chunk_mask] = embeds
-        return chunk_embeds, chunk_mask, values, token_mask
+        return chunk_embeds, chunk_mask, tokens, token_mask
 
     # ---- public API -----------------------------------------------------------------------------------------
 
