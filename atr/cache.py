@@ -278,9 +278,7 @@ class _ColumnRows:
         self._chunks, starts = [], [0]
         for chunk in self.dataset.data.table.column(self.column).chunks:
             lists = getattr(chunk, "storage", chunk)  # ArrayND chunks are extension arrays over nested lists
-            values = lists
-            for _ in range(len(self.tail_shape) + 1):
-                values = values.flatten()
+            values = lists.flatten(recursive=True)  # the scalars of this (possibly sliced) chunk, in row order
             offsets = lists.offsets.to_numpy()
             self._chunks.append((values.to_numpy(zero_copy_only=False).reshape(-1, *self.tail_shape), offsets - offsets[0]))
             starts.append(starts[-1] + len(lists))

@@ -15,6 +15,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 @functools.lru_cache(maxsize=8)
 def bicubic_stretch_matrix(frames: int, target: int) -> np.ndarray:
     """(target, frames) matrix of PyTorch's 1-D bicubic interpolation with align_corners=True (a = -0.75, edges clamped)."""
+    # numpy, not F.interpolate of an identity: built at trace time, ONNX export sees one constant, not a traced resize
     a = -0.75
     # float32 positions, as PyTorch's CPU kernel computes them: the same taps, and weights equal up to float rounding
     source = np.arange(target, dtype=np.float32) * np.float32((frames - 1) / (target - 1))

@@ -64,8 +64,8 @@ def test_cached_rows_are_read_as_datasets_reads_them_across_record_batches_and_v
         expected = view.with_format("numpy")[order]
         states = _ColumnRows(view, "states", (2, 3))
         states.take([0])  # built views are dropped when pickled (a DataLoader worker rebuilds them)
-        for rows in (states, pickle.loads(pickle.dumps(states))):
-            for got, want in zip(rows.take(order), expected["states"]):
+        for reader in (states, pickle.loads(pickle.dumps(states))):
+            for got, want in zip(reader.take(order), expected["states"]):
                 np.testing.assert_array_equal(got, want)
         for got, want in zip(_ColumnRows(view, "frames", ()).take(order), expected["frames"]):
             np.testing.assert_array_equal(got, want)
