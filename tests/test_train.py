@@ -141,7 +141,7 @@ def test_refuses_to_overwrite_a_saved_model(tmp_path, tiny_text):
         run_train(tmp_path, tiny_text, "--max_steps", "1")
 
 
-@pytest.mark.parametrize("config", ["clotho.yaml", "audiocaps.yaml", "clotho_whisper.yaml", "demo.yaml"])
+@pytest.mark.parametrize("config", ["clotho.yaml", "audiocaps.yaml", "clotho_whisper.yaml", "demo.yaml", "short_clips.yaml"])
 def test_real_run_configs_parse_and_build_with_tiny_stand_ins(tmp_path, config, monkeypatch):
     from transformers import ClapConfig, ClapModel, RobertaModel, WhisperModel
 
