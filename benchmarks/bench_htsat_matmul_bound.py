@@ -3,26 +3,22 @@
 python benchmarks/bench_htsat_matmul_bound.py [--threads 2] [--batch 8]
 
 Per Swin block: the qkv, output and two MLP projections at the stage's width, the windowed QK^T and AV products; plus
-the patch merges. Shapes come from `transformers.ClapAudioConfig()` (the config of laion/clap-htsat-*). Whatever else a
+the patch merges. Shapes come from `transformers.ClapAudioConfig()` (laion/clap-htsat-unfused's config.json overrides
+none of its Swin sizes). Each product is timed best of `REPEATS` with bench_model.py's `best_time`. Whatever else a
 runtime does (LayerNorm, GELU, softmax, window transposes, bias adds) comes on top, so `batch / time` is an upper bound
 on clips/s for any exact fp32 implementation that runs these products at torch's speed.
 """
 
 import argparse
 import json
-import time
+from functools import partial
 
 import torch
+from bench_model import best_time
 from transformers import ClapAudioConfig
 
-
-def seconds(fn, repeats=5):
-    """Mean seconds of fn() over `repeats` calls, after two warm-up calls."""
-    fn(), fn()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats
+REPEATS = 5
+seconds = partial(best_time, repeats=REPEATS)
 
 
 def matmul_bound(batch: int) -> dict:
