@@ -340,9 +340,6 @@ def main(argv=None):
     splits = load_splits(data_args, training_args)
     augment = make_training_augmentation(processor.feature_extractor.sampling_rate, data_args.noise_probability, data_args.noise_min_snr_db,
                                          data_args.noise_max_snr_db, data_args.background_noise_dir, data_args.speed_perturbation)
-    if training_args.dataloader_persistent_workers and training_args.dataloader_num_workers > 0:
-        raise ValueError("--dataloader_persistent_workers keeps epoch 1's copy of the collator in each worker, so every "
-                         "epoch would draw epoch 1's captions and noise: drop the flag (workers restart each epoch)")
     collator_kwargs = dict(augment=augment, seed=training_args.seed, processor_kwargs={"max_train_chunks": data_args.max_train_chunks})
     train_dataset = splits["train"]
     # per-row random draws are keyed by (seed, epoch, clip_index); a streamed row's index is its place in the stream

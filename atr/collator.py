@@ -17,7 +17,8 @@ class AtrCollator:
     Training: one caption per clip, its noise and its chunk draw come from a stream seeded by (seed, epoch, the row's
     `clip_index`: its index in the training set), so the draws depend neither on the number of processes or
     DataLoader workers nor on batch order, and a resumed run draws exactly what the uninterrupted run drew. The
-    Trainer sets the epoch (`set_epoch`) before each epoch's workers start.
+    Trainer sets the epoch (`set_epoch`) before each epoch's first batch; it lives in shared memory, so persistent
+    DataLoader workers, which keep their copy of the collator, see it too.
     Evaluation: every caption of every clip plus `caption_to_audio` (the clip index of each caption).
     """
 
@@ -28,16 +29,22 @@ class AtrCollator:
         self.seed = seed
         self.augment = augment
         self.processor_kwargs = dict(processor_kwargs or {})
-        self.epoch = 0
+        # shared memory: a worker's copy (forked, or pickled by torch.multiprocessing) reads what set_epoch writes
+        self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
 
     @property
     def sampling_rate(self) -> int:
         """The audio backbone's sampling rate, from the processor's feature extractor."""
         return self.processor.feature_extractor.sampling_rate
 
+    @property
+    def epoch(self) -> int:
+        """The epoch whose draws the next batches get."""
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int):
-        """Draw this epoch's captions, noise and chunks (DataLoader workers copy the collator when an epoch starts)."""
-        self.epoch = int(epoch)
+        """Draw this epoch's captions, noise and chunks, in this process and in its DataLoader workers."""
+        self._epoch.fill_(int(epoch))
 
     def _row_seeds(self, rows: list[dict]) -> list[int]:
         """One seed per row from (seed, epoch, clip_index): the same wherever and whenever the row is collated."""

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from transformers import ClapAudioModel
+from transformers import ClapAudioModel, WhisperModel
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 
@@ -82,6 +82,7 @@ class WhisperAudioAdapter(nn.Module):
     def __init__(self, audio_config):
         super().__init__()
         self.encoder = WhisperEncoder(audio_config)
+        self.config = audio_config  # read by WhisperModel._mask_input_features (SpecAugment)
         self.hidden_size = audio_config.d_model
         self.expected_frames = 2 * audio_config.max_source_positions
 
@@ -93,6 +94,10 @@ class WhisperAudioAdapter(nn.Module):
                 f"{self.expected_frames} (2 * max_source_positions): build the feature extractor with "
                 "AtrFeatureExtractor.from_audio_config(config.audio_config)"
             )
+        if self.training and self.config.apply_spec_augment:
+            # WhisperConfig's own SpecAugment (apply_spec_augment, mask_time_*, mask_feature_*), which WhisperEncoder
+            # alone ignores; time masks fall on real frames only. WhisperModel's method needs just .config and .training.
+            features = WhisperModel._mask_input_features(self, features.clone(), frame_mask)
         return self.encoder(input_features=features).last_hidden_state, self.token_mask(frame_mask)
 
     @staticmethod
@@ -103,8 +108,6 @@ class WhisperAudioAdapter(nn.Module):
     @staticmethod
     def load_backbone(path, **kwargs):
         """Load the encoder from a Whisper checkpoint (`WhisperEncoder.from_pretrained` would silently load none)."""
-        from transformers import WhisperModel
-
         return WhisperModel.from_pretrained(path, **kwargs).get_encoder()
 
 

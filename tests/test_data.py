@@ -376,6 +376,27 @@ def test_collator_draws_depend_only_on_seed_epoch_and_clip_index(tmp_path):
     assert not same(whole, draws(rows, epoch=1, seed=4))
 
 
+def test_persistent_dataloader_workers_draw_each_epoch_anew(tmp_path):
+    """A persistent worker keeps its copy of the collator across epochs: it must still draw the epoch set_epoch names."""
+    from torch.utils.data import DataLoader
+
+    class EchoProcessor(StubProcessor):
+        def __call__(self, audio, text, sampling_rate, return_tensors, **kwargs):
+            return {"energy": torch.tensor([float(np.square(a, dtype=np.float64).sum()) for a in audio]), "text": list(text)}
+
+    rows = _rows(tmp_path, n=4)
+    collator = AtrCollator(EchoProcessor(), seed=3, augment=make_noise_augmentation(p=1.0))
+    loader = DataLoader(rows, batch_size=2, collate_fn=collator, num_workers=1, persistent_workers=True)
+    energies = []
+    for epoch in range(3):
+        collator.set_epoch(epoch)
+        in_worker, in_process = list(loader), [collator(rows[:2]), collator(rows[2:])]
+        for got, want in zip(in_worker, in_process):
+            assert got["text"] == want["text"] and torch.equal(got["energy"], want["energy"]), epoch
+        energies.append(torch.cat([batch["energy"] for batch in in_worker]))
+    assert not torch.equal(energies[0], energies[1]) and not torch.equal(energies[1], energies[2])
+
+
 def test_collator_training_rows_need_their_clip_index(tmp_path):
     rows = [{key: value for key, value in row.items() if key != "clip_index"} for row in _rows(tmp_path, n=2)]
     with pytest.raises(ValueError, match=r"clip_index column .*add_column\('clip_index'"):

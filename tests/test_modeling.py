@@ -256,3 +256,29 @@ def test_clap_adapter_stretches_frames_as_htsat_does(fused):
     torch.testing.assert_close(tokens, reference, rtol=1e-4, atol=1e-5)
     stretch = torch.nn.functional.interpolate(features, (256, config.num_mel_bins), mode="bicubic", align_corners=True)
     torch.testing.assert_close(torch.einsum("st,nctm->ncsm", torch.from_numpy(bicubic_stretch_matrix(201, 256)), features), stretch)
+
+
+def test_whisper_spec_augment_masks_real_frames_in_training_only():
+    from atr.layers_atr import WhisperAudioAdapter
+
+    config = tiny_whisper_config()
+    config.update(dict(apply_spec_augment=True, mask_time_prob=0.3, mask_time_length=4, mask_time_min_masks=1,
+                       mask_feature_prob=0.3, mask_feature_length=4, mask_feature_min_masks=1))
+    adapter = WhisperAudioAdapter(config)
+    seen = []
+    adapter.encoder.conv1.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    features = torch.rand(2, 80, 100) + 1  # no zeros of its own
+    frame_mask = torch.ones(2, 100, dtype=torch.bool)
+    frame_mask[1, 30:] = False  # clip 1: 30 real frames, then padding
+    original = features.clone()
+    adapter.train()
+    adapter(features, frame_mask)
+    adapter.eval()
+    adapter(features, frame_mask)
+    masked, unmasked = seen
+    assert torch.equal(features, original) and torch.equal(unmasked, original)  # eval never masks; input untouched
+    zeroed = masked == 0
+    time_masked, feature_masked = zeroed.all(dim=1), zeroed.all(dim=2)
+    assert time_masked[0].any() and time_masked[1, :30].any() and not time_masked[1, 30:].any()
+    assert feature_masked.any(dim=1).all()
+    assert torch.equal(masked[~zeroed], original[~zeroed])

@@ -230,11 +230,6 @@ def test_a_pretrained_audio_backbone_brings_its_own_preprocessing(tmp_path, tiny
     assert (fe.sampling_rate, fe.hop_length, fe.n_fft, fe.frequency_min, fe.frequency_max, fe.window_s) == (16000, 160, 400, 50, 7000, 2)
 
 
-def test_refuses_persistent_workers_that_would_replay_epoch_one(tmp_path, tiny_text):
-    with pytest.raises(ValueError, match=r"--dataloader_persistent_workers keeps epoch 1's copy of the collator .*drop the flag"):
-        run_train(tmp_path, tiny_text, "--dataloader_num_workers", "1", "--dataloader_persistent_workers", "true")
-
-
 def test_torch_threads_apply_to_training_only(tmp_path, tiny_text, monkeypatch):
     seen = []
     monkeypatch.setattr(train.AtrTrainer, "training_step", lambda self, *a, **kw: seen.append(torch.get_num_threads()) or torch.tensor(0.0))
