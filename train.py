@@ -17,7 +17,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from atr import AtrConfig, AtrFeatureExtractor, AtrModel, AtrProcessor
 from atr.augmentation import make_noise_augmentation, make_training_augmentation
 from atr.collator import AtrCollator
-from atr.data import estimated_chunk_counts, load_audio_text_dataset
+from atr.data import estimated_chunk_counts, load_audio_text_dataset, warn_if_clips_fill_little_of_the_window
 from atr.trainer import AtrTrainer
 
 logger = logging.getLogger("atr.train")
@@ -347,6 +347,7 @@ def main(argv=None):
         train_dataset = train_dataset.map(lambda row, index: {"clip_index": index}, with_indices=True)
     else:
         train_dataset = train_dataset.add_column("clip_index", list(range(len(train_dataset))))
+        warn_if_clips_fill_little_of_the_window(train_dataset, processor.feature_extractor.window_s)
     if training_args.train_sampling_strategy == "group_by_length" and not data_args.streaming:
         lengths = estimated_chunk_counts(train_dataset, processor.feature_extractor.window_s)
         train_dataset = train_dataset.add_column(training_args.length_column_name, lengths)

@@ -113,17 +113,32 @@ def _audio_problem(audio) -> str | None:
     return None if frames > 0 else "no audio frames (empty file)"
 
 
-def estimated_chunk_counts(dataset: Dataset, window_s: float) -> list[int]:
-    """Each row's chunk count bound, ceil(duration / window), read from audio headers (no decode): what batches group by."""
-    counts = []
+def clip_durations(dataset: Dataset) -> list[float]:
+    """Each row's duration in seconds, read from audio headers (no decode)."""
+    durations = []
     for batch in dataset.select_columns(["audio"]).iter(batch_size=256):
         for audio in batch["audio"]:
             if isinstance(audio, dict) and audio.get("array") is not None:
-                seconds = np.shape(audio["array"])[-1] / audio["sampling_rate"]  # (samples,) or (channels, samples)
+                durations.append(np.shape(audio["array"])[-1] / audio["sampling_rate"])  # (samples,) or (channels, samples)
             else:
-                seconds = sf.info(_audio_source(audio)).duration
-            counts.append(max(1, int(np.ceil(seconds / window_s))))
-    return counts
+                durations.append(sf.info(_audio_source(audio)).duration)
+    return durations
+
+
+def estimated_chunk_counts(dataset: Dataset, window_s: float) -> list[int]:
+    """Each row's chunk count bound, ceil(duration / window), from audio headers: what batches group by."""
+    return [max(1, int(np.ceil(seconds / window_s))) for seconds in clip_durations(dataset)]
+
+
+def warn_if_clips_fill_little_of_the_window(dataset: Dataset, window_s: float, sample_rows: int = 256) -> float:
+    """Log a warning when the median clip (of the first `sample_rows`) fills under a quarter of a window; return it."""
+    median = float(np.median(clip_durations(dataset.select(range(min(sample_rows, len(dataset)))))))
+    if median < window_s / 4:
+        logger.warning(
+            "the training clips' median duration is %.2f s, %.0f%% of the %.2f s window: the rest is padding and the "
+            "time resolution is coarse for them; for short recordings train with --config configs/short_clips.yaml "
+            "(1.24 s windows at a 10 ms hop; BENCHMARKS.md, 'Spoken words')", median, 100 * median / window_s, window_s)
+    return median
 
 
 def _verify_audio(dataset: Dataset, split: str, skip_bad_audio: bool) -> Dataset:
