@@ -334,6 +334,8 @@ def main(argv=None):
     # The collator needs the raw audio/caption columns, and equal batches keep gathered negatives valid.
     training_args.remove_unused_columns = False
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    # the shipped configs keep their worker alive; with no workers (e.g. --dataloader_num_workers 0) there is none to keep
+    training_args.dataloader_persistent_workers &= training_args.dataloader_num_workers > 0
     set_seed(training_args.seed)
 
     model, processor = build_model_and_processor(model_args)

@@ -17,8 +17,8 @@ class AtrCollator:
     Training: one caption per clip, its noise and its chunk draw come from a stream seeded by (seed, epoch, the row's
     `clip_index`: its index in the training set), so the draws depend neither on the number of processes or
     DataLoader workers nor on batch order, and a resumed run draws exactly what the uninterrupted run drew. The
-    Trainer sets the epoch (`set_epoch`) before each epoch's first batch; it lives in shared memory, so persistent
-    DataLoader workers, which keep their copy of the collator, see it too.
+    Trainer sets the epoch (`set_epoch`) before it makes each epoch's DataLoader iterator; it lives in shared memory,
+    so persistent DataLoader workers, which keep their copy of the collator, see it too.
     Evaluation: every caption of every clip plus `caption_to_audio` (the clip index of each caption).
     """
 

@@ -132,6 +132,8 @@ def estimated_chunk_counts(dataset: Dataset, window_s: float) -> list[int]:
 
 def warn_if_clips_fill_little_of_the_window(dataset: Dataset, window_s: float, sample_rows: int = 256) -> float:
     """Log a warning when the median clip (of the first `sample_rows`) fills under a quarter of a window; return it."""
+    if len(dataset) == 0:
+        return 0.0
     median = float(np.median(clip_durations(dataset.select(range(min(sample_rows, len(dataset)))))))
     if median < window_s / 4:
         logger.warning(

@@ -15,7 +15,7 @@ LOSS_TERMS = ("loss_contrastive", "loss_cosine", "loss_l1")
 
 
 class _CollatorEpoch(TrainerCallback):
-    """Tell the training collator the epoch before its DataLoader workers copy it (also the resumed one's)."""
+    """Tell the training collator the epoch before the epoch's DataLoader iterator is made (also the resumed one's)."""
 
     def __init__(self, collator):
         self.collator = collator

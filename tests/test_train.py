@@ -230,6 +230,13 @@ def test_a_pretrained_audio_backbone_brings_its_own_preprocessing(tmp_path, tiny
     assert (fe.sampling_rate, fe.hop_length, fe.n_fft, fe.frequency_min, fe.frequency_max, fe.window_s) == (16000, 160, 400, 50, 7000, 2)
 
 
+def test_persistent_workers_setting_is_ignored_without_workers(tmp_path, tiny_text):
+    # the shipped configs set it; --dataloader_num_workers 0 (debugging, benchmarks) must still train
+    _, out = run_train(tmp_path, tiny_text, "--dataloader_num_workers", "0", "--dataloader_persistent_workers", "true",
+                       "--max_steps", "2", "--eval_split", "", "--test_split", "")
+    assert logged_losses(out)[2] > 0 and (out / "model.safetensors").exists()
+
+
 def test_torch_threads_apply_to_training_only(tmp_path, tiny_text, monkeypatch):
     seen = []
     monkeypatch.setattr(train.AtrTrainer, "training_step", lambda self, *a, **kw: seen.append(torch.get_num_threads()) or torch.tensor(0.0))
