@@ -1,16 +1,18 @@
 """ONNX Runtime vs PyTorch audio embedding on a CPU: clips/s of AtrOnnxModel fp32 and int8 against AtrModel and ClapModel.
 
 Speed: full-size HTSAT (random weights, as bench_model.py), batch 8 x 10 s, every model timed in the same process,
-round-robin, best of --repeats. Quality (with --model, a trained atr folder): retrieval metrics of the same model run by
+round-robin, best of --repeats. `--openvino` adds the fp32 graphs on ONNX Runtime's OpenVINO execution provider
+(the `onnxruntime-openvino` wheel, which replaces `onnxruntime`), held to fp32 precision. Quality (with --model, a trained atr folder): retrieval metrics of the same model run by
 PyTorch, ONNX Runtime fp32 and int8 on a dataset split (the int8 cost).
 
-python benchmarks/bench_onnx.py [--threads 2] [--repeats 5]
+python benchmarks/bench_onnx.py [--threads 2] [--repeats 5] [--openvino]
 python benchmarks/bench_onnx.py --skip_speed --model outputs/demo --dataset synthetic --split test
 """
 
 import argparse
 import json
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -21,6 +23,8 @@ from transformers import ClapAudioConfig, ClapConfig, ClapModel, RobertaConfig
 
 from atr import AtrConfig, AtrModel
 
+# ONNX Runtime's OpenVINO EP on the CPU at fp32: its CPU plugin would otherwise pick bf16 where the CPU has it
+OPENVINO_FP32 = ("OpenVINOExecutionProvider", {"device_type": "CPU", "precision": "FP32"})
 SMALL_TEXT = RobertaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37)
 
 
@@ -32,6 +36,14 @@ def _processor_for(config):
     from atr import AtrFeatureExtractor, AtrProcessor
 
     return AtrProcessor(AtrFeatureExtractor.from_audio_config(config.audio_config), tiny_tokenizer())
+
+
+def _cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it (the ratios below depend on it), else platform's guess."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
 
 
 def speed(args) -> dict:
@@ -57,6 +69,9 @@ def speed(args) -> dict:
             "onnx_fp32": lambda: onnx_fp32.get_audio_features(numpy_features, numpy_mask),
             "onnx_int8": lambda: onnx_int8.get_audio_features(numpy_features, numpy_mask),
         }
+        if args.openvino:
+            onnx_openvino = AtrOnnxModel.from_pretrained(folder, providers=[OPENVINO_FP32])
+            runs["onnx_fp32_openvino"] = lambda: onnx_openvino.get_audio_features(numpy_features, numpy_mask)
         best = {name: float("inf") for name in runs}
         with torch.inference_mode():
             for fn in runs.values():  # warm-up
@@ -72,6 +87,7 @@ def speed(args) -> dict:
         "onnx_fp32_over_clap": round(best["clap"] / best["onnx_fp32"], 3),
         "onnx_int8_over_clap": round(best["clap"] / best["onnx_int8"], 3),
         "onnx_fp32_over_atr_torch": round(best["atr_torch"] / best["onnx_fp32"], 3),
+        **({"onnx_fp32_openvino_over_clap": round(best["clap"] / best["onnx_fp32_openvino"], 3)} if args.openvino else {}),
         "export_s": round(export_s, 1), "audio_graph_mb": sizes_mb,
     })
     return results
@@ -108,12 +124,13 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--skip_speed", action="store_true")
+    parser.add_argument("--openvino", action="store_true", help="also time ONNX Runtime's OpenVINO execution provider (fp32)")
     parser.add_argument("--model", help="a trained atr folder: also measure the metric cost of ONNX fp32 / int8")
     parser.add_argument("--dataset", default="synthetic")
     parser.add_argument("--split", default="test")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    results = {"load_average_at_start": os.getloadavg()[0]}
+    results = {"cpu": _cpu_name(), "load_average_at_start": os.getloadavg()[0]}
     if not args.skip_speed:
         results["speed"] = speed(args)
     if args.model:
