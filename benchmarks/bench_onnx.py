@@ -2,8 +2,9 @@
 
 Speed: full-size HTSAT (random weights, as bench_model.py), batch 8 x 10 s, every model timed in the same process,
 round-robin, best of --repeats. `--openvino` adds the fp32 graphs on ONNX Runtime's OpenVINO execution provider
-(the `onnxruntime-openvino` wheel, which replaces `onnxruntime`), held to fp32 precision. Quality (with --model, a trained atr folder): retrieval metrics of the same model run by
-PyTorch, ONNX Runtime fp32 and int8 on a dataset split (the int8 cost).
+(the `onnxruntime-openvino` wheel, which replaces `onnxruntime`), held to fp32 precision. Quality (with --model, a
+trained atr folder): retrieval metrics of the same model run by PyTorch, ONNX Runtime fp32 and int8 on a dataset split
+(the int8 cost).
 
 python benchmarks/bench_onnx.py [--threads 2] [--repeats 5] [--openvino]
 python benchmarks/bench_onnx.py --skip_speed --model outputs/demo --dataset synthetic --split test
@@ -83,11 +84,9 @@ def speed(args) -> dict:
                     best[name] = min(best[name], time.perf_counter() - start)
         sizes_mb = {p.name: round(p.stat().st_size / 1e6, 1) for p in Path(folder).glob("audio*.onnx")}
     results = {f"{name}_clips_per_s": round(args.batch / seconds, 3) for name, seconds in best.items()}
+    results.update({f"{name}_over_clap": round(best["clap"] / best[name], 3) for name in best if name.startswith("onnx")})
     results.update({
-        "onnx_fp32_over_clap": round(best["clap"] / best["onnx_fp32"], 3),
-        "onnx_int8_over_clap": round(best["clap"] / best["onnx_int8"], 3),
         "onnx_fp32_over_atr_torch": round(best["atr_torch"] / best["onnx_fp32"], 3),
-        **({"onnx_fp32_openvino_over_clap": round(best["clap"] / best["onnx_fp32_openvino"], 3)} if args.openvino else {}),
         "export_s": round(export_s, 1), "audio_graph_mb": sizes_mb,
     })
     return results
