@@ -17,7 +17,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from atr import AtrConfig, AtrFeatureExtractor, AtrModel, AtrProcessor
 from atr.augmentation import make_noise_augmentation, make_training_augmentation
 from atr.collator import AtrCollator
-from atr.data import estimated_chunk_counts, load_audio_text_dataset, warn_if_clips_fill_little_of_the_window
+from atr.data import estimated_chunk_counts, has_split, hold_out, load_audio_text_dataset, median_duration_if_short
 from atr.trainer import AtrTrainer
 
 logger = logging.getLogger("atr.train")
@@ -87,10 +87,22 @@ class RunArguments:
     hp_search: int = field(
         default=0, metadata={"help": "First search this many optuna trials over the loss weights and learning rate (scored on validation), then train with the best."}
     )
+    short_clip_config: str | None = field(
+        default=None, metadata={"help": "Train with this config instead when the median training clip fills under a quarter of "
+                                "the window (set in a YAML file: a path beside it); '' never switches."}
+    )
     torch_threads: int | None = field(
         default=None, metadata={"help": "PyTorch CPU threads of the main process (default: PyTorch's). On a small CPU with "
                                 "--dataloader_num_workers, fewer leave cores to the workers' audio decoding."}
     )
+
+
+def split_config(argv):
+    """(the `--config` path, default configs/demo.yaml, and the other arguments)."""
+    if "--config" not in argv:
+        return DEFAULT_CONFIG, list(argv)
+    index = argv.index("--config")
+    return argv[index + 1], argv[:index] + argv[index + 2 :]
 
 
 def parse_args(argv):
@@ -98,10 +110,7 @@ def parse_args(argv):
     parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments))
     # Batches of clips with similar chunk counts: one long file no longer pads a whole batch to its length.
     parser.set_defaults(train_sampling_strategy="group_by_length")
-    config_path = DEFAULT_CONFIG
-    if "--config" in argv:
-        index = argv.index("--config")
-        config_path, argv = argv[index + 1], argv[:index] + argv[index + 2 :]
+    config_path, argv = split_config(argv)
     if config_path:
         values = yaml.safe_load(Path(config_path).read_text()) or {}
         # Nested settings travel as JSON strings so that the CLI can override them too.
@@ -110,6 +119,8 @@ def parse_args(argv):
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{config_path} has unknown settings {unknown}: check the spelling against `python train.py --help`")
+        if values.get("short_clip_config"):
+            values["short_clip_config"] = str(Path(config_path).parent / values["short_clip_config"])
         parser.set_defaults(**values)
     return parser.parse_args_into_dataclasses(args=argv)
 
@@ -175,40 +186,6 @@ def build_model_and_processor(model_args):
     return model, processor
 
 
-def has_split(data_args, split) -> bool:
-    """Whether the data source has `split` (a folder's subfolder, a Hub dataset's split; manifests and synthetic always)."""
-    source = data_args.dataset
-    if source == "synthetic" or Path(source).suffix in (".csv", ".jsonl", ".json"):
-        return True
-    if os.path.isdir(source):
-        return os.path.isdir(os.path.join(source, split))
-    if source.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"dataset folder {source} does not exist: for Clotho run `python -m atr.prepare clotho "
-                                f"{source}` first, or pass --dataset with an existing folder, manifest or Hub id")
-    from datasets import get_dataset_split_names
-
-    return split in get_dataset_split_names(source, data_args.dataset_config)
-
-
-def hold_out(dataset, fraction, seed):
-    """(rest, held-out) of `dataset` split by clip (rows sharing an audio path stay together), seeded."""
-    import pyarrow.compute as pc
-
-    # the path field only, read from Arrow: embedded audio bytes are never loaded
-    paths = pc.struct_field(dataset.with_format("arrow")["audio"], "path").to_pylist()
-    paths = [path or index for index, path in enumerate(paths)]
-    clips = sorted(set(paths), key=str)
-    count = max(1, round(fraction * len(clips)))
-    if not 0 < fraction < 1 or count >= len(clips):
-        raise ValueError(f"--validation_fraction {fraction} of {len(clips)} train clips leaves no train or no validation "
-                         "clip: pass a fraction in (0, 1), or an --eval_split")
-    held = {clips[i] for i in np.random.default_rng(seed).permutation(len(clips))[:count]}
-    rows = {True: [], False: []}
-    for index, path in enumerate(paths):
-        rows[path in held].append(index)
-    return dataset.select(rows[False]), dataset.select(rows[True])
-
-
 def load_splits(data_args, training_args=None):
     """Train, eval and test datasets (eval/test None when their split name is empty).
 
@@ -216,7 +193,7 @@ def load_splits(data_args, training_args=None):
     training, and evaluation is skipped otherwise; the log says which.
     """
     holdout = False
-    if data_args.eval_split and not has_split(data_args, data_args.eval_split):
+    if data_args.eval_split and not has_split(data_args.dataset, data_args.eval_split, data_args.dataset_config):
         evaluating = training_args is not None and (training_args.eval_strategy != "no" or training_args.load_best_model_at_end)
         where = f"{data_args.dataset} has no {data_args.eval_split!r} split"
         if evaluating and data_args.streaming:
@@ -287,6 +264,21 @@ def cached_training_data(model, processor, dataset, data_args, training_args, co
     return rows, collator
 
 
+def short_clip_argv(argv, data_args, run_args, train_dataset, window_s):
+    """The arguments that train with --short_clip_config when the median clip fills under a quarter of the window, else None."""
+    median = None if data_args.streaming else median_duration_if_short(train_dataset, window_s)
+    if median is None:
+        return None
+    share = f"the training clips' median duration is {median:.2f} s, {100 * median / window_s:.0f}% of the {window_s:.2f} s window"
+    if run_args.short_clip_config:
+        logger.warning("%s: training with %s instead, made for short recordings (--short_clip_config '' keeps the window)",
+                       share, run_args.short_clip_config)
+        return ["--config", run_args.short_clip_config, *split_config(argv)[1], "--short_clip_config", ""]
+    logger.warning("%s: the rest is padding and the time resolution is coarse for them; for short recordings train with --config "
+                   "configs/short_clips.yaml (1.24 s windows at a 10 ms hop; BENCHMARKS.md, 'Spoken words')", share)
+    return None
+
+
 def check_output_dir(training_args, run_args):
     """Refuse to write over a saved model unless asked to, or resuming."""
     saved = Path(training_args.output_dir) / "config.json"
@@ -328,7 +320,8 @@ def search_hyperparameters(model_args, training_args, trainer_kwargs, n_trials):
 
 def main(argv=None):
     """Train, save model + processor + card, evaluate the test split, optionally push to the Hub."""
-    model_args, data_args, run_args, training_args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    model_args, data_args, run_args, training_args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARN, format="%(asctime)s %(name)s: %(message)s")
     check_output_dir(training_args, run_args)
     # The collator needs the raw audio/caption columns, and equal batches keep gathered negatives valid.
@@ -340,6 +333,9 @@ def main(argv=None):
 
     model, processor = build_model_and_processor(model_args)
     splits = load_splits(data_args, training_args)
+    short_argv = short_clip_argv(argv, data_args, run_args, splits["train"], processor.feature_extractor.window_s)
+    if short_argv:
+        return main(short_argv)
     augment = make_training_augmentation(processor.feature_extractor.sampling_rate, data_args.noise_probability, data_args.noise_min_snr_db,
                                          data_args.noise_max_snr_db, data_args.background_noise_dir, data_args.speed_perturbation)
     collator_kwargs = dict(augment=augment, seed=training_args.seed, processor_kwargs={"max_train_chunks": data_args.max_train_chunks})
@@ -349,7 +345,6 @@ def main(argv=None):
         train_dataset = train_dataset.map(lambda row, index: {"clip_index": index}, with_indices=True)
     else:
         train_dataset = train_dataset.add_column("clip_index", list(range(len(train_dataset))))
-        warn_if_clips_fill_little_of_the_window(train_dataset, processor.feature_extractor.window_s)
     if training_args.train_sampling_strategy == "group_by_length" and not data_args.streaming:
         lengths = estimated_chunk_counts(train_dataset, processor.feature_extractor.window_s)
         train_dataset = train_dataset.add_column(training_args.length_column_name, lengths)

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pyarrow.compute as pc
 import soundfile as sf
 import soxr
 
-from datasets import Audio, Dataset, IterableDataset, load_dataset
+from datasets import Audio, Dataset, IterableDataset, get_dataset_split_names, load_dataset
 
 from .feature_extraction_atr import AtrFeatureExtractor
 from .synthetic import make_synthetic_split
@@ -130,17 +131,41 @@ def estimated_chunk_counts(dataset: Dataset, window_s: float) -> list[int]:
     return [max(1, int(np.ceil(seconds / window_s))) for seconds in clip_durations(dataset)]
 
 
-def warn_if_clips_fill_little_of_the_window(dataset: Dataset, window_s: float, sample_rows: int = 256) -> float:
-    """Log a warning when the median clip (of the first `sample_rows`) fills under a quarter of a window; return it."""
+def has_split(source: str, split: str, config_name: str | None = None) -> bool:
+    """Whether the data source has `split` (a folder's subfolder, a Hub dataset's split; manifests and synthetic always)."""
+    if source == "synthetic" or Path(source).suffix in (".csv", ".jsonl", ".json"):
+        return True
+    if os.path.isdir(source):
+        return os.path.isdir(os.path.join(source, split))
+    if source.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"dataset folder {source} does not exist: for Clotho run `python -m atr.prepare clotho "
+                                f"{source}` first, or pass --dataset with an existing folder, manifest or Hub id")
+    return split in get_dataset_split_names(source, config_name)
+
+
+def median_duration_if_short(dataset: Dataset, window_s: float, sample_rows: int = 256) -> float | None:
+    """The median duration of the first `sample_rows` clips when under a quarter of `window_s` (mostly padding), else None."""
     if len(dataset) == 0:
-        return 0.0
+        return None
     median = float(np.median(clip_durations(dataset.select(range(min(sample_rows, len(dataset)))))))
-    if median < window_s / 4:
-        logger.warning(
-            "the training clips' median duration is %.2f s, %.0f%% of the %.2f s window: the rest is padding and the "
-            "time resolution is coarse for them; for short recordings train with --config configs/short_clips.yaml "
-            "(1.24 s windows at a 10 ms hop; BENCHMARKS.md, 'Spoken words')", median, 100 * median / window_s, window_s)
-    return median
+    return median if median < window_s / 4 else None
+
+
+def hold_out(dataset, fraction, seed):
+    """(rest, held-out) of `dataset` split by clip (rows sharing an audio path stay together), seeded."""
+    # the path field only, read from Arrow: embedded audio bytes are never loaded
+    paths = pc.struct_field(dataset.with_format("arrow")["audio"], "path").to_pylist()
+    paths = [path or index for index, path in enumerate(paths)]
+    clips = sorted(set(paths), key=str)
+    count = max(1, round(fraction * len(clips)))
+    if not 0 < fraction < 1 or count >= len(clips):
+        raise ValueError(f"--validation_fraction {fraction} of {len(clips)} train clips leaves no train or no validation "
+                         "clip: pass a fraction in (0, 1), or an --eval_split")
+    held = {clips[i] for i in np.random.default_rng(seed).permutation(len(clips))[:count]}
+    rows = {True: [], False: []}
+    for index, path in enumerate(paths):
+        rows[path in held].append(index)
+    return dataset.select(rows[False]), dataset.select(rows[True])
 
 
 def _verify_audio(dataset: Dataset, split: str, skip_bad_audio: bool) -> Dataset:

@@ -13,7 +13,7 @@ from atr.augmentation import (
     load_noise_files, make_noise_augmentation, make_speed_perturbation, make_training_augmentation, mix_at_snr,
 )
 from atr.collator import AtrCollator
-from atr.data import decode_audio, load_audio_text_dataset, warn_if_clips_fill_little_of_the_window
+from atr.data import decode_audio, load_audio_text_dataset, median_duration_if_short
 
 SR = 16000
 
@@ -397,7 +397,7 @@ def test_persistent_dataloader_workers_draw_each_epoch_anew(tmp_path):
     assert not torch.equal(energies[0], energies[1]) and not torch.equal(energies[1], energies[2])
 
 
-def test_short_clips_in_a_long_window_get_a_warning_naming_the_short_clips_config(tmp_path, caplog):
+def test_median_duration_is_reported_only_when_clips_fill_under_a_quarter_of_the_window(tmp_path):
     from datasets import Dataset
 
     def clips(seconds):
@@ -407,14 +407,9 @@ def test_short_clips_in_a_long_window_get_a_warning_naming_the_short_clips_confi
             _write_clip(paths[-1], seconds=length, rate=SR, seed=i)
         return Dataset.from_dict({"audio": [{"bytes": None, "path": path} for path in paths]})
 
-    with caplog.at_level("WARNING", logger="atr.data"):
-        assert warn_if_clips_fill_little_of_the_window(clips([0.5, 0.7, 3.0]), window_s=4.96) == pytest.approx(0.7)
-    assert "median duration is 0.70 s, 14% of the 4.96 s window" in caplog.text and "configs/short_clips.yaml" in caplog.text
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="atr.data"):
-        warn_if_clips_fill_little_of_the_window(clips([0.5, 0.7, 3.0]), window_s=1.24)
-        warn_if_clips_fill_little_of_the_window(clips([2.0, 6.0, 9.0]), window_s=4.96)
-    assert caplog.text == ""
+    assert median_duration_if_short(clips([0.5, 0.7, 3.0]), window_s=4.96) == pytest.approx(0.7)
+    assert median_duration_if_short(clips([0.5, 0.7, 3.0]), window_s=1.24) is None
+    assert median_duration_if_short(clips([2.0, 6.0, 9.0]), window_s=4.96) is None
 
 
 def test_collator_training_rows_need_their_clip_index(tmp_path):

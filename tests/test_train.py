@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 from tiny import tiny_bert_config, tiny_clap_audio_config, tiny_roberta_config, tiny_tokenizer, tiny_whisper_config
-from transformers import AutoModel, BertModel
+from transformers import AutoModel, AutoProcessor, BertModel
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -20,14 +20,14 @@ TINY = str(ROOT / "tests" / "configs" / "tiny.yaml")
 EVENTS = {"dog bark": 440.0, "siren": 900.0, "bell": 1500.0, "engine": 120.0}
 
 
-def write_clips(folder, count, seed, fmt):
-    """Write `count` short tone clips (wav or flac); return (file name, 5 captions) rows."""
+def write_clips(folder, count, seed, fmt, seconds=(1.0, 2.0)):
+    """Write `count` tone clips (wav or flac) of `seconds` (min, max); return (file name, 5 captions) rows."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for index in range(count):
         event, freq = list(EVENTS.items())[index % len(EVENTS)]
-        t = np.arange(int(16000 * rng.uniform(1.0, 2.0))) / 16000
+        t = np.arange(int(16000 * rng.uniform(*seconds))) / 16000
         wave = 0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(len(t))
         name = f"clip{index}.{fmt}"
         sf.write(folder / name, wave.astype(np.float32), 16000)
@@ -64,6 +64,35 @@ def test_trains_from_audiofolder_and_csv_manifest(tmp_path, tiny_text):
     results, _ = run_train(tmp_path / "b", tiny_text, "--dataset", str(manifest), "--eval_split", "", "--max_steps", "2")
     # 8 test clips x 5 captions: the a2t metrics saw every caption
     assert 0 <= results["test_a2t_mAP10"] <= 1
+
+
+def test_short_clips_train_with_the_short_clip_config_unless_told_not_to(tmp_path, tiny_text, caplog):
+    import yaml
+
+    folder = tmp_path / "words"
+    for split in ("train", "test"):
+        rows = write_clips(folder / split, 8, seed=len(split), fmt="wav", seconds=(0.3, 0.6))
+        (folder / split / "metadata.csv").write_text("file_name,caption\n" + "".join(f"{name},{caps[0]}\n" for name, caps in rows))
+    short = yaml.safe_load(Path(TINY).read_text())
+    short["feature_extractor_config"]["window_s"] = 1.0
+    (tmp_path / "short.yaml").write_text(yaml.safe_dump(short))
+    flags = ("--dataset", str(folder), "--eval_split", "", "--max_steps", "1")
+    with caplog.at_level("WARNING", logger="atr.train"):
+        _, out = run_train(tmp_path / "a", tiny_text, *flags, "--short_clip_config", str(tmp_path / "short.yaml"))
+    assert "median duration is 0.4" in caplog.text and f"training with {tmp_path / 'short.yaml'} instead" in caplog.text
+    assert AutoProcessor.from_pretrained(out).feature_extractor.window_s == 1.0
+    assert json.loads((out / "config.json").read_text())["text_config"]["hidden_size"] == 32  # the CLI flags still apply
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="atr.train"):
+        _, out = run_train(tmp_path / "b", tiny_text, *flags, "--short_clip_config", "")
+    assert "instead" not in caplog.text and "configs/short_clips.yaml" in caplog.text
+    assert AutoProcessor.from_pretrained(out).feature_extractor.window_s == 5
+
+
+def test_demo_config_names_the_short_clip_config_beside_it():
+    run_args = train.parse_args(["--config", str(ROOT / "configs" / "demo.yaml")])[2]
+    assert run_args.short_clip_config == str(ROOT / "configs" / "short_clips.yaml")
+    assert train.parse_args([])[2].short_clip_config == run_args.short_clip_config  # no --config: the demo
 
 
 def test_corrupt_file_stops_training_unless_skipped(tmp_path, tiny_text, caplog):
