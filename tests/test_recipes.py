@@ -73,9 +73,13 @@ def write_hub_copy(folder, features, splits):
 def hub(monkeypatch):
     """Route Hub dataset ids to local folders: `hub["OpenSound/AudioCaps"] = folder`."""
     routes = {}
-    real_load, real_splits = atr.data.load_dataset, atr.data.get_dataset_split_names
-    monkeypatch.setattr(atr.data, "load_dataset", lambda source, *a, **k: real_load(str(routes.get(source, source)), *a, **k))
-    monkeypatch.setattr(atr.data, "get_dataset_split_names", lambda source, *a, **k: real_splits(str(routes.get(source, source)), *a, **k))
+
+    def routed(real):
+        return lambda source, *a, **k: real(str(routes.get(source, source)), *a, **k)
+
+    # patched where atr.data looks them up, the module that reaches the Hub
+    for name in ("load_dataset", "get_dataset_split_names"):
+        monkeypatch.setattr(atr.data, name, routed(getattr(atr.data, name)))
     return routes
 
 
