@@ -66,7 +66,6 @@ class DataArguments:
     noise_max_snr_db: float = 15.0
     background_noise_dir: str | None = field(default=None, metadata={"help": "Folder of noise recordings mixed into training audio."})
     speed_perturbation: float = field(default=0.0, metadata={"help": "Resample half the training clips by a random factor in [1-s, 1+s] (0: off)."})
-    pitch_shift: float = field(default=0.0, metadata={"help": "Shift half the training clips by up to this many semitones, keeping their duration (0: off)."})
     max_train_chunks: int | None = field(default=None, metadata={"help": "Cap on chunks per training clip (sampled)."})
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
@@ -242,9 +241,8 @@ def cached_training_data(model, processor, dataset, data_args, training_args, co
             "--cache_encoder_outputs needs a frozen encoder: set freeze_audio_encoder and/or freeze_text_encoder to true "
             "in --model_config (a trained encoder's outputs change every step)"
         )
-    for name in ("speed_perturbation", "pitch_shift"):  # the cached views hold noise only
-        if config.freeze_audio_encoder and getattr(data_args, name):
-            raise ValueError(f"--{name} never reaches a cached frozen audio encoder: set it to 0 or drop --cache_encoder_outputs")
+    if config.freeze_audio_encoder and data_args.speed_perturbation:  # the cached views hold noise only
+        raise ValueError("--speed_perturbation never reaches a cached frozen audio encoder: set it to 0 or drop --cache_encoder_outputs")
     noise = {"min_snr_db": data_args.noise_min_snr_db, "max_snr_db": data_args.noise_max_snr_db, "background_dir": data_args.background_noise_dir}
     cache_kwargs = {"cache_root": data_args.encoder_cache_dir, "dtype": data_args.cache_dtype}
     model.to(training_args.device)
@@ -339,8 +337,7 @@ def main(argv=None):
     if short_argv:
         return main(short_argv)
     augment = make_training_augmentation(processor.feature_extractor.sampling_rate, data_args.noise_probability, data_args.noise_min_snr_db,
-                                         data_args.noise_max_snr_db, data_args.background_noise_dir, data_args.speed_perturbation,
-                                         data_args.pitch_shift)
+                                         data_args.noise_max_snr_db, data_args.background_noise_dir, data_args.speed_perturbation)
     collator_kwargs = dict(augment=augment, seed=training_args.seed, processor_kwargs={"max_train_chunks": data_args.max_train_chunks})
     train_dataset = splits["train"]
     # per-row random draws are keyed by (seed, epoch, clip_index); a streamed row's index is its place in the stream

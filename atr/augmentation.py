@@ -1,4 +1,4 @@
-"""Training augmentation and evaluation noise: noise at an exact SNR, audiomentations noise, speed perturbation and pitch shift."""
+"""Training augmentation and evaluation noise: noise at an exact SNR, audiomentations noise and speed perturbation."""
 
 from __future__ import annotations
 
@@ -92,24 +92,12 @@ def make_speed_perturbation(sampling_rate: int, max_change: float, p: float = 0.
     return Resample(min_sample_rate=round(sampling_rate * (1 - max_change)), max_sample_rate=round(sampling_rate * (1 + max_change)), p=p)
 
 
-def make_pitch_shift(max_semitones: float, p: float = 0.5):
-    """Pitch shift by a random number of semitones in [-max_semitones, max_semitones], keeping the duration."""
-    from audiomentations import PitchShift
-
-    if not 0 < max_semitones <= 12:
-        raise ValueError(f"pitch shift {max_semitones} is invalid: give the largest shift in semitones, in (0, 12], e.g. 3")
-    return PitchShift(min_semitones=-max_semitones, max_semitones=max_semitones, p=p)
-
-
 def make_training_augmentation(sampling_rate: int, noise_probability: float = 0.5, min_snr_db: float = 5.0,
-                               max_snr_db: float = 15.0, background_dir=None, speed_perturbation: float = 0.0,
-                               pitch_shift: float = 0.0):
-    """train.py's augmentation: speed perturbation and pitch shift (each on half the clips when above 0), then noise."""
+                               max_snr_db: float = 15.0, background_dir=None, speed_perturbation: float = 0.0):
+    """train.py's augmentation: speed perturbation (when `speed_perturbation` > 0), then noise with `noise_probability`."""
     noise = make_noise_augmentation(noise_probability, min_snr_db, max_snr_db, background_dir)
-    voice = ([make_speed_perturbation(sampling_rate, speed_perturbation)] if speed_perturbation else []) + (
-        [make_pitch_shift(pitch_shift)] if pitch_shift else [])
-    if not voice:
+    if not speed_perturbation:
         return noise
     from audiomentations import Compose
 
-    return Compose([*voice, noise])
+    return Compose([make_speed_perturbation(sampling_rate, speed_perturbation), noise])
