@@ -91,9 +91,6 @@ class RunArguments:
         default=None, metadata={"help": "Train with this config instead when the median training clip fills under a quarter of "
                                 "the window (set in a YAML file: a path beside it); '' never switches."}
     )
-    ema_decay: float = field(
-        default=0.0, metadata={"help": "Save the exponential moving average of the trainable weights over the steps (e.g. 0.999; 0: the last step's)."}
-    )
     torch_threads: int | None = field(
         default=None, metadata={"help": "PyTorch CPU threads of the main process (default: PyTorch's). On a small CPU with "
                                 "--dataloader_num_workers, fewer leave cores to the workers' audio decoding."}
@@ -359,7 +356,7 @@ def main(argv=None):
     card_kwargs = {"dataset": data_args.dataset, "data_args": vars(data_args)}
     trainer_kwargs = dict(
         args=training_args, train_dataset=train_dataset, eval_dataset=splits["eval"], data_collator=train_collator,
-        eval_collator=eval_collator, processing_class=processor, card_kwargs=card_kwargs, ema_decay=run_args.ema_decay,
+        eval_collator=eval_collator, processing_class=processor, card_kwargs=card_kwargs,
     )
     default_threads = torch.get_num_threads()
     if run_args.torch_threads is not None:  # training only: the cache build and the evaluation keep every core

@@ -1,24 +1,17 @@
 """AtrTrainer: a transformers Trainer for the hybrid loss, with retrieval metrics at evaluation and our model card."""
 
-import logging
-import os
 from collections import defaultdict
 
 import numpy as np
 import torch
 from accelerate.utils import gather_object
-from safetensors.torch import load_file, save_file
-from safetensors import safe_open
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .embedding import embed_dataset
 from .metrics import audio_text_retrieval_metrics
 
 LOSS_TERMS = ("loss_contrastive", "loss_cosine", "loss_l1")
-WEIGHT_AVERAGE_FILE = "weight_average.safetensors"
-logger = logging.getLogger(__name__)
 
 
 class _CollatorEpoch(TrainerCallback):
@@ -60,66 +53,13 @@ class _ClampLogitScale(TrainerCallback):
         self.trainer.accelerator.unwrap_model(self.trainer.model).clamp_logit_scale_()
 
 
-class _WeightAverage(TrainerCallback):
-    """The bias-corrected exponential moving average of the trainable weights, kept in checkpoints, put in the model at the end."""
-
-    def __init__(self, trainer, decay: float):
-        if not 0 < decay < 1:
-            raise ValueError(f"ema_decay is {decay}: use a value between 0 and 1 (e.g. 0.999), or 0 for no averaging")
-        self.trainer, self.decay = trainer, float(decay)
-        self.average, self.updates, self.restored = {}, 0, False
-
-    def trainable(self):
-        # only what trains: a frozen text encoder (22M weights for MiniLM) never moves, and averaging it costs a step's time
-        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-        return {name: p for name, p in model.named_parameters() if p.requires_grad}
-
-    def restore(self, checkpoint: str):
-        """Continue the average saved in `checkpoint` (a checkpoint made without one starts it there, with a warning)."""
-        path = os.path.join(checkpoint, WEIGHT_AVERAGE_FILE)
-        if not os.path.exists(path):
-            logger.warning("%s has no %s: the weight average starts from this checkpoint's weights", checkpoint, WEIGHT_AVERAGE_FILE)
-            return
-        with safe_open(path, "pt") as handle:
-            self.updates = int(handle.metadata()["updates"])
-        self.average, self.restored = load_file(path), True
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if not self.restored:  # each hyperparameter-search trial and each fresh run averages its own weights
-            self.average, self.updates = {}, 0
-        self.restored = False
-
-    def on_optimizer_step(self, args, state, control, **kwargs):
-        self.updates += 1
-        # (1 - decay) / (1 - decay^t): the mean of the weights after steps 1..t, weighted decay^(t - s), with no pull to the start
-        weight = (1 - self.decay) / (1 - self.decay**self.updates)
-        with torch.no_grad():
-            for name, parameter in self.trainable().items():
-                average = self.average.get(name)
-                if average is None or average.device != parameter.device:
-                    average = self.average[name] = parameter.detach().clone() if average is None else average.to(parameter.device)
-                average.lerp_(parameter.detach(), weight)
-
-    def on_save(self, args, state, control, **kwargs):
-        checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-        if state.is_world_process_zero and os.path.isdir(checkpoint) and self.average:
-            tensors = {name: t.detach().cpu().contiguous() for name, t in self.average.items()}
-            save_file(tensors, os.path.join(checkpoint, WEIGHT_AVERAGE_FILE), metadata={"updates": str(self.updates)})
-
-    def on_train_end(self, args, state, control, **kwargs):
-        with torch.no_grad():
-            for name, parameter in self.trainable().items():
-                if name in self.average:
-                    parameter.copy_(self.average[name])
-
-
 class AtrTrainer(Trainer):
     """Trainer whose loss is the model's hybrid loss; evaluation ranks the whole eval split (R@K, mAP@10, both directions)."""
 
     # The model returns a batch-mean loss; Trainer divides by the accumulation steps exactly once.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, eval_collator=None, card_kwargs=None, ema_decay: float = 0.0, **kwargs):
+    def __init__(self, *args, eval_collator=None, card_kwargs=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_collator = eval_collator
         self.card_kwargs = card_kwargs or {}
@@ -128,19 +68,6 @@ class AtrTrainer(Trainer):
         self.add_callback(_ClampLogitScale(self))
         if hasattr(self.data_collator, "set_epoch"):
             self.add_callback(_CollatorEpoch(self.data_collator))
-        self.weight_average = None
-        if ema_decay:
-            if self.args.load_best_model_at_end:
-                raise ValueError("ema_decay and load_best_model_at_end both choose the final weights: use one of them")
-            self.weight_average = _WeightAverage(self, ema_decay)
-            self.add_callback(self.weight_average)
-
-    def train(self, resume_from_checkpoint=None, **kwargs):
-        """Trainer.train; a resumed run also continues the weight average saved in its checkpoint."""
-        if self.weight_average is not None and resume_from_checkpoint:
-            checkpoint = get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
-            self.weight_average.restore(checkpoint)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def _get_train_sampler(self, train_dataset=None):
         """Trainer's sampler; its length-grouped one (unseeded in transformers) reseeded per epoch for exact resumes."""

@@ -9,12 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from tiny import tiny_atr_config, tiny_bert_config, tiny_features, tiny_clap_audio_config, tiny_roberta_config, tiny_tokenizer, tiny_whisper_config
-from safetensors.torch import load_file
-from transformers import AutoModel, AutoProcessor, BertModel, TrainerCallback, TrainingArguments
-
-from atr import AtrModel
-from atr.trainer import AtrTrainer
+from tiny import tiny_bert_config, tiny_clap_audio_config, tiny_roberta_config, tiny_tokenizer, tiny_whisper_config
+from transformers import AutoModel, AutoProcessor, BertModel
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -278,49 +274,3 @@ def test_torch_threads_apply_to_training_only(tmp_path, tiny_text, monkeypatch):
     run_train(tmp_path, tiny_text, "--synthetic_sizes", "8,0,4", "--eval_split", "", "--max_steps", "2", "--torch_threads", str(wanted))
     assert seen == [wanted, wanted]
     assert torch.get_num_threads() == before  # the test evaluation and whatever runs next get every core back
-
-
-class _RecordWeights(TrainerCallback):
-    def __init__(self, model):
-        self.model, self.steps = model, []
-
-    def on_optimizer_step(self, args, state, control, **kwargs):
-        self.steps.append({n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad})
-
-
-def test_ema_decay_leaves_the_exponential_average_of_the_weights_over_the_steps(tmp_path):
-    torch.manual_seed(0)
-    config = tiny_atr_config("whisper", "bert", freeze_text_encoder=True)
-    model = AtrModel(config)
-    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    batch = {"input_ids": torch.randint(5, 99, (4, 6)), "input_features": tiny_features(config, 4, 1)}
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=5, learning_rate=0.01,
-                             per_device_train_batch_size=4, save_strategy="no", disable_tqdm=True)
-    trainer = AtrTrainer(model=model, args=args, train_dataset=[{}] * 4, data_collator=lambda rows: batch, ema_decay=0.6)
-    recorder = _RecordWeights(model)
-    trainer.add_callback(recorder)
-    trainer.train()
-    weights = [0.6 ** (len(recorder.steps) - 1 - s) for s in range(len(recorder.steps))]
-    for name, parameter in model.named_parameters():
-        if name in frozen:
-            assert torch.equal(parameter, frozen[name]), name
-            continue
-        expected = sum(w * step[name] for w, step in zip(weights, recorder.steps)) / sum(weights)
-        assert torch.allclose(parameter, expected, atol=1e-6), name
-    assert not torch.allclose(model.audio_projection.weight, recorder.steps[-1]["audio_projection.weight"])
-
-
-def test_resume_continues_the_weight_average(tmp_path, tiny_text):
-    base = ["--test_split", "", "--eval_split", "", "--save_steps", "3", "--max_steps", "6", "--ema_decay", "0.7"]
-    _, full = run_train(tmp_path / "full", tiny_text, *base)
-    assert (full / "checkpoint-3" / "weight_average.safetensors").exists()
-    _, resumed = run_train(tmp_path / "resumed", tiny_text, *base, "--resume_from_checkpoint", str(full / "checkpoint-3"))
-    expected, got = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
-    for name in expected:
-        assert torch.allclose(got[name], expected[name], atol=1e-6), name
-
-
-def test_ema_decay_outside_0_1_is_refused(tmp_path):
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
-    with pytest.raises(ValueError, match="ema_decay is 1.5"):
-        AtrTrainer(model=AtrModel(tiny_atr_config("whisper", "bert")), args=args, ema_decay=1.5)
