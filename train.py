@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from transformers import AutoProcessor, AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -18,11 +17,13 @@ from atr import AtrConfig, AtrFeatureExtractor, AtrModel, AtrProcessor
 from atr.augmentation import make_noise_augmentation, make_training_augmentation
 from atr.collator import AtrCollator
 from atr.data import estimated_chunk_counts, has_split, hold_out, load_audio_text_dataset, median_duration_if_short
+from atr.settings import parse_with_config
 from atr.trainer import AtrTrainer
 
 logger = logging.getLogger("atr.train")
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+MERGED = ": updates the config file's block key by key (null clears it); unknown keys are refused."
 
 
 @dataclass
@@ -34,10 +35,10 @@ class ModelArguments:
     audio_encoder_config: str | None = field(
         default=None, metadata={"help": "JSON config of an audio encoder trained from scratch, e.g. a small Whisper."}
     )
-    audio_config_overrides: str | None = field(default=None, metadata={"help": "JSON changes to the pretrained audio config."})
+    audio_config_overrides: str | None = field(default=None, metadata={"help": "JSON changes to the pretrained audio config" + MERGED})
     text_backbone: str = field(default=MINILM_ID, metadata={"help": "Any transformers text encoder (Hub id or path)."})
-    model_config: str | None = field(default=None, metadata={"help": "JSON AtrConfig settings (head, pooling, loss weights, freezing)."})
-    feature_extractor_config: str | None = field(default=None, metadata={"help": "JSON AtrFeatureExtractor settings."})
+    model_config: str | None = field(default=None, metadata={"help": "JSON AtrConfig settings (head, pooling, loss weights, freezing)" + MERGED})
+    feature_extractor_config: str | None = field(default=None, metadata={"help": "JSON AtrFeatureExtractor settings" + MERGED})
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Run code shipped in --model_name_or_path / --text_backbone repos (only ones you trust; atr models need none)."}
     )
@@ -107,22 +108,16 @@ def split_config(argv):
 
 def parse_args(argv):
     """Parse `--config file.yaml` (default: configs/demo.yaml) with CLI flags overriding it."""
+    return parse_settings(argv)[0]
+
+
+def parse_settings(argv):
+    """(the four argument dataclasses, the settings that differ from the config file's, as 'name: file -> effective')."""
     parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments))
     # Batches of clips with similar chunk counts: one long file no longer pads a whole batch to its length.
     parser.set_defaults(train_sampling_strategy="group_by_length")
     config_path, argv = split_config(argv)
-    if config_path:
-        values = yaml.safe_load(Path(config_path).read_text()) or {}
-        # Nested settings travel as JSON strings so that the CLI can override them too.
-        values = {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in values.items()}
-        known = {action.dest for action in parser._actions}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{config_path} has unknown settings {unknown}: check the spelling against `python train.py --help`")
-        if values.get("short_clip_config"):
-            values["short_clip_config"] = str(Path(config_path).parent / values["short_clip_config"])
-        parser.set_defaults(**values)
-    return parser.parse_args_into_dataclasses(args=argv)
+    return parse_with_config(parser, config_path, argv)
 
 
 def _json(value):
@@ -321,8 +316,10 @@ def search_hyperparameters(model_args, training_args, trainer_kwargs, n_trials):
 def main(argv=None):
     """Train, save model + processor + card, evaluate the test split, optionally push to the Hub."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    model_args, data_args, run_args, training_args = parse_args(argv)
+    (model_args, data_args, run_args, training_args), changes = parse_settings(argv)
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARN, format="%(asctime)s %(name)s: %(message)s")
+    if changes:
+        logger.info("settings that differ from %s: %s", split_config(argv)[0], "; ".join(changes))
     check_output_dir(training_args, run_args)
     # The collator needs the raw audio/caption columns, and equal batches keep gathered negatives valid.
     training_args.remove_unused_columns = False

@@ -253,7 +253,7 @@ def test_a_pretrained_audio_backbone_brings_its_own_preprocessing(tmp_path, tiny
     ClapFeatureExtractor(feature_size=16, sampling_rate=16000, hop_length=160, max_length_s=2, fft_window_size=400,
                          frequency_min=50, frequency_max=7000, truncation="rand_trunc").save_pretrained(tmp_path / "clap")
     model_args = train.parse_args(["--config", TINY, "--text_backbone", tiny_text, "--audio_backbone", str(tmp_path / "clap"),
-                                   "--audio_encoder_config", "null", "--feature_extractor_config", "{}"])[0]
+                                   "--audio_encoder_config", "null", "--feature_extractor_config", "null"])[0]
     _, processor = train.build_model_and_processor(model_args)
     fe = processor.feature_extractor
     assert (fe.sampling_rate, fe.hop_length, fe.n_fft, fe.frequency_min, fe.frequency_max, fe.window_s) == (16000, 160, 400, 50, 7000, 2)
