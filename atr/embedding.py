@@ -8,6 +8,7 @@ lengths close to its own, and the outputs come back in input order. Any model wi
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -47,12 +48,24 @@ class DatasetEmbeddings:
     chunks: AudioEmbeddings | None = None
 
 
+# Config fields that say where a model was loaded from or which code saved it, not how it embeds.
+CONFIG_PROVENANCE = ("_name_or_path", "_commit_hash", "architectures", "auto_map", "transformers_version")
+
+
+def _settings(value):
+    """A config dict (nested sub-configs too) without its provenance fields."""
+    if isinstance(value, dict):
+        return {key: _settings(item) for key, item in value.items() if key not in CONFIG_PROVENANCE}
+    return value
+
+
 def module_fingerprint(module) -> str:
-    """SHA-256 of a model's config (when it has one) and every weight in its `state_dict`: names, dtypes, shapes, bytes."""
+    """SHA-256 of a model's config settings (when it has one) and every weight in its `state_dict`: names, dtypes,
+    shapes, bytes. The folder or Hub id it was loaded from is left out: the same weights from another path match."""
     digest = hashlib.sha256()
     config = getattr(module, "config", None)
     if config is not None:
-        digest.update(config.to_json_string(use_diff=False).encode())
+        digest.update(json.dumps(_settings(config.to_dict()), sort_keys=True, default=str).encode())
     for name, tensor in module.state_dict().items():
         tensor = torch.as_tensor(tensor).detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())

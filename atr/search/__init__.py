@@ -10,12 +10,13 @@ from .backends import BACKENDS, FAISS_KINDS, build_faiss_index, exact_search, fa
 from .cli import main
 from .distributed import build_distributed
 from .index import AudioIndex, SearchResult, verify_shard
+from .manifest import BadIndexError
 from .ondisk import OnDiskIndex, VectorFile, build_ondisk_index
 from .sources import AUDIO_EXTENSIONS, model_fingerprint
 from .vectordb import QdrantIndex, export_index
 
 __all__ = [
-    "AUDIO_EXTENSIONS", "AudioIndex", "BACKENDS", "FAISS_KINDS", "OnDiskIndex", "QdrantIndex", "SearchResult", "VectorFile",
+    "AUDIO_EXTENSIONS", "AudioIndex", "BACKENDS", "BadIndexError", "FAISS_KINDS", "OnDiskIndex", "QdrantIndex", "SearchResult", "VectorFile",
     "build_distributed", "build_faiss_index", "build_ondisk_index", "exact_search", "export_index", "faiss_search", "main",
     "model_fingerprint", "verify_shard",
 ]

@@ -6,12 +6,18 @@ whose source carries a media fragment (`#t=start,end`), so it plays the hit from
 
 import html
 from functools import lru_cache
+from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
 import soundfile as sf
 
 WAVE_POINTS = 240  # columns of the waveform drawing
+# Sessions whose page state Gradio keeps (each holds a copy of the page's config and its last result list, ~50 KB+):
+# Gradio's default of 10,000 let the server grow by that much per visitor. The page keeps no state of its own
+# between requests, so an evicted session loses nothing.
+SESSIONS = 64
+UPLOADS_KEPT_S = 3600  # uploaded example clips are deleted this long after upload (checked as often)
 CSS = """
 .atr-hit { border: 1px solid #ddd; border-radius: 8px; padding: 8px 12px; margin: 6px 0; }
 .atr-hit svg { width: 100%; height: 48px; display: block; }
@@ -81,7 +87,7 @@ def build_demo(index, title="atr: search recordings by sound"):
     def by_example(clip, k, chunks):
         return render_hits(index.search_audio(clip, k=int(k), chunks=chunks)) if clip else render_hits([])
 
-    with gr.Blocks(title=title) as demo:
+    with gr.Blocks(title=title, delete_cache=(UPLOADS_KEPT_S, UPLOADS_KEPT_S)) as demo:
         gr.Markdown(f"## {title}\n{len(index)} recordings. Type a description (results update as you type), "
                     "or upload / record a clip to find recordings that sound like it. Each player starts at the matched span.")
         with gr.Row():
@@ -96,15 +102,26 @@ def build_demo(index, title="atr: search recordings by sound"):
     return demo
 
 
-def allowed_audio_paths(index):
-    """What the page may serve: the indexed folder, or the folders of the indexed files."""
-    if index.root is not None:
-        return [str(index.root)]
-    import os
+def served_paths(index):
+    """What the page may serve: each indexed recording's resolved path, if it is a file inside the indexed folder.
 
-    return sorted({os.path.dirname(os.path.abspath(path)) for path in index.items if os.path.isfile(path)})
+    A root the user passed (`audio_root`, `--audio-dir`) is trusted as it is; a root read from the manifest only for
+    the recordings found there as indexed (size and mtime_ns), so an edited manifest cannot name other files.
+    """
+    paths = set()
+    for row, path in enumerate(index.items):
+        resolved = Path(path).resolve()
+        if (index.root is None or resolved.is_relative_to(index.root)) and (index.unchanged(row) or (index.root_given and resolved.is_file())):
+            paths.add(str(resolved))
+    return sorted(paths)
+
+
+def launch_options(index):
+    """`launch()` arguments: serve exactly the indexed recordings, never the index folder; keep few sessions' state."""
+    return {"allowed_paths": served_paths(index), "blocked_paths": [str(index.out_dir.resolve())], "css": CSS,
+            "state_session_capacity": SESSIONS}
 
 
 def serve(index, host="127.0.0.1", port=7860, **launch_kwargs):
     """Start the page on host:port and block (Ctrl-C stops it)."""
-    build_demo(index).launch(server_name=host, server_port=port, allowed_paths=allowed_audio_paths(index), css=CSS, **launch_kwargs)
+    build_demo(index).launch(server_name=host, server_port=port, **{**launch_options(index), **launch_kwargs})

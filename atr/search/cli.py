@@ -3,7 +3,7 @@
     atr-search "a dog barks" --audio-dir recordings/ --model M [-k 10] [--chunks] [--json]
     atr-search --query-audio clip.wav --audio-dir recordings/ --model M
     atr-search build --audio-dir recordings/ --model M [--skip_bad_audio]
-    atr-search serve --index-dir recordings/.atr-index [--model M] [--port 7860]
+    atr-search serve --index-dir recordings/.atr-index [--model M] [--port 7860] [--audio-dir recordings/]
     atr-search space OUT_DIR --model REPO [--audio-dir DIR]
     atr-search export --index-dir DIR --to QDRANT_FOLDER_OR_URL [--collection atr]
     atr-search "a dog barks" --qdrant QDRANT_FOLDER_OR_URL [--model M]
@@ -18,7 +18,7 @@ import torch
 
 from .backends import BACKENDS
 from .index import AudioIndex
-from .manifest import _read_manifest
+from .manifest import BadIndexError, _read_manifest
 
 COMMANDS = ("build", "serve", "space", "export")
 
@@ -211,11 +211,13 @@ def _serve(argv):
     _common(parser, index_required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--audio-dir", help="the recordings' folder, if the index is not inside it or was moved without it "
+                        "(default: the folder the manifest records, checked against the recordings)")
     args = parser.parse_args(argv)
     from .app import serve
 
     model, processor = load_model(resolve_model_id(args.model, args.index_dir), args.trust_remote_code, args.device)
-    serve(AudioIndex.load(args.index_dir, model, processor), host=args.host, port=args.port)
+    serve(AudioIndex.load(args.index_dir, model, processor, audio_root=args.audio_dir), host=args.host, port=args.port)
     return 0
 
 
@@ -236,4 +238,8 @@ def main(argv=None):
     """Console entry point `atr-search`: the first word picks build / serve / space / export; otherwise search by text or example."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = {"build": _build, "serve": _serve, "space": _space, "export": _export}.get(argv[0] if argv else None, None)
-    return command(argv[1:]) if command else _search(argv)
+    try:
+        return command(argv[1:]) if command else _search(argv)
+    except BadIndexError as error:  # a damaged or untrusted index folder: one line with the fix, exit status 2
+        print(f"atr-search: {error}", file=sys.stderr)
+        return 2

@@ -22,13 +22,13 @@ from tqdm.auto import tqdm
 from ..data import decode_audio
 from ..embedding import embed_clips, embed_texts
 from .backends import BACKENDS, FAISS_KINDS, build_faiss_index, exact_search, faiss_search, require_faiss
-from .manifest import FORMAT_VERSION, LOCK, MANIFEST, _atomic_write, _read_manifest, _write_manifest
+from .manifest import FORMAT_VERSION, LOCK, MANIFEST, BadIndexError, _atomic_write, _read_manifest, _write_manifest, new_row_id
 from .sources import collect_items, item_key, model_fingerprint
 
 logger = logging.getLogger(__name__)
 # What each shard must hold: name -> (dtype, rows counted by "rows" or "chunks" of its manifest entry)
 SHARD_LAYOUT = {"embeddings": ("float32", "rows"), "chunk_counts": ("int64", "rows"),
-                "chunk_embeddings": ("float16", "chunks"), "chunk_spans": ("float32", "chunks")}
+                "chunk_embeddings": ("float16", "chunks"), "chunk_spans": ("float32", "chunks"), "row_ids": ("int64", "rows")}
 
 
 @dataclass
@@ -66,8 +66,8 @@ def verify_shard(out_dir, name, entry):
     return tensors
 
 
-def _shard_tensors(embedded):
-    """One shard's arrays from `embed_clips` output: pooled and unit chunk embeddings, chunk counts and spans."""
+def _shard_tensors(embedded, row_ids):
+    """One shard's arrays from `embed_clips` output: pooled and unit chunk embeddings, chunk counts, spans and row ids."""
     chunks = [torch.nn.functional.normalize(c, dim=-1) for c in embedded.chunk_embeds]
     width = max(s.shape[1] for s in embedded.chunk_spans)
     spans = np.full((sum(len(c) for c in chunks), width, 2), -1.0, np.float32)
@@ -76,7 +76,8 @@ def _shard_tensors(embedded):
         spans[row : row + len(clip_spans), : clip_spans.shape[1]] = clip_spans
         row += len(clip_spans)
     return {"embeddings": embedded.embeds.numpy().astype(np.float32), "chunk_counts": np.array([len(c) for c in chunks], np.int64),
-            "chunk_embeddings": torch.cat(chunks).numpy().astype(np.float16), "chunk_spans": spans}
+            "chunk_embeddings": torch.cat(chunks).numpy().astype(np.float16), "chunk_spans": spans,
+            "row_ids": np.array(row_ids, np.int64)}
 
 
 def _check_same_model(previous, fingerprint, model_name, out_dir):
@@ -98,6 +99,7 @@ class AudioIndex:
         self.names = [item["name"] for item in manifest["items"]]
         root = audio_root if audio_root is not None else manifest.get("root")
         self.root = None if root is None else (self.out_dir / root).resolve()
+        self.root_given = audio_root is not None  # the user named the folder: trusted as it is, whatever the manifest says
         self.items = [str(self.root / n) if self.root is not None else n for n in self.names]
         self.embeddings = tensors["embeddings"]
         self.chunk_embeddings = tensors["chunk_embeddings"]
@@ -141,17 +143,19 @@ class AudioIndex:
         if previous is not None:
             _check_same_model(previous, fingerprint, model_name, out_dir)
             shard_size = previous["shard_size"]
-        shards, known = {}, {}
+        shards, known, row_ids = {}, {}, {}
         for name, entry in (previous or {}).get("shards", {}).items():
             try:
-                verify_shard(out_dir, name, entry)
+                row_ids[name] = verify_shard(out_dir, name, entry)["row_ids"]
             except ValueError as error:
                 logger.warning("%s", error)  # its recordings are embedded again below
                 continue
             shards[name] = entry
         for item in (previous or {}).get("items", []):
-            if item["shard"] in shards:
+            if item["shard"] in shards and int(row_ids[item["shard"]][item["shard_row"]]) == item["row_id"]:
                 known[item_key(item)] = item
+            elif item["shard"] in shards:  # the manifest and the shard disagree: embedded again, never answered
+                logger.warning("%s", _mismatch(out_dir, item))
         known_bad = {item_key(item): item for item in (previous or {}).get("skipped", [])}
         kept, skipped, todo = [], [], []
         for item in source.items:
@@ -192,17 +196,18 @@ class AudioIndex:
                 embedded = embed_clips(model, processor, waves(), batch_size=batch_size)
                 if good:
                     name = f"shard-{uuid.uuid4().hex[:16]}.safetensors"
-                    tensors = _shard_tensors(embedded)
+                    ids = [new_row_id() for _ in good]
+                    tensors = _shard_tensors(embedded, ids)
                     _atomic_write(out_dir / name, tensors=tensors)
                     shards[name] = {"rows": len(good), "chunks": len(tensors["chunk_embeddings"])}
                     for row, item in enumerate(good):
-                        done[item_key(item)] = {**item, "shard": name, "shard_row": row}
+                        done[item_key(item)] = {**item, "shard": name, "shard_row": row, "row_id": ids[row]}
                     embedded_names += [item["name"] for item in good]
                 write_manifest(complete=start + shard_size >= len(todo))
         if not todo:
             write_manifest(complete=True)
         cls._remove_unused(out_dir)
-        index = cls._load_unlocked(out_dir, model, processor)
+        index = cls._load_unlocked(out_dir, model, processor, source.root)
         removed = sorted({i["name"] for i in known.values()} - {i["name"] for i in source.items})
         index.last_update = {"embedded": embedded_names, "kept": len(kept), "removed": removed,
                              "skipped": [i["name"] for i in skipped]}
@@ -249,10 +254,32 @@ class AudioIndex:
             if not (out_dir / name).exists() and _read_manifest(out_dir)["revision"] != manifest["revision"]:
                 raise _ShardGone(name)
             loaded[name] = verify_shard(out_dir, name, entry)
-        return cls(out_dir, manifest, _gather(manifest["items"], loaded, manifest["dim"]), model, processor, audio_root)
+        index = cls(out_dir, manifest, _gather(out_dir, manifest["items"], loaded, manifest["dim"]), model, processor, audio_root)
+        if audio_root is None:
+            index._check_root()
+        return index
 
     def __len__(self):
         return len(self.items)
+
+    def _check_root(self):
+        """Refuse a manifest root where none of its recordings is as indexed (size, mtime_ns): an edited or foreign root."""
+        if self.root is None or not self.items or any(self.unchanged(i) for i in range(len(self))):
+            return
+        raise BadIndexError(
+            f"index manifest {str(self.out_dir / MANIFEST)!r} puts its recordings under root "
+            f"{self.manifest['root']!r} ({str(self.root)!r}), where none of its {len(self)} recordings is as indexed: "
+            "pass the recordings' folder (--audio-dir DIR, audio_root=DIR), or rebuild with --overwrite")
+
+    def unchanged(self, row):
+        """True if recording `row` is a file inside the root with the size and mtime_ns it had when it was embedded."""
+        path, item = Path(self.items[row]), self.manifest["items"][row]
+        try:
+            stat = path.stat()
+            inside = self.root is None or path.resolve().is_relative_to(self.root)
+        except OSError:
+            return False
+        return inside and path.is_file() and (stat.st_size, stat.st_mtime_ns) == (item.get("size"), item.get("mtime_ns"))
 
     def export(self, target, collection="atr", **kwargs):
         """Write this index to Qdrant (a local-mode folder or a server URL): see `atr.search.vectordb.export_index`."""
@@ -340,12 +367,21 @@ class _ShardGone(Exception):
     """A shard named by the manifest was removed by a concurrent update: read the new manifest."""
 
 
-def _gather(items, loaded, dim):
+def _mismatch(out_dir, item):
+    """The error for a manifest item whose shard row holds another recording's embeddings."""
+    return BadIndexError(
+        f"index manifest {str(Path(out_dir) / MANIFEST)!r} does not match shard {item['shard']!r}: row {item['shard_row']} "
+        f"there holds another recording than {item['name']!r}: run the build again to re-embed it (or rebuild with --overwrite)")
+
+
+def _gather(out_dir, items, loaded, dim):
     """Rows of every item in manifest order: pooled embeddings, chunk embeddings, chunk offsets (N+1,) and spans."""
     embeds, chunk_embeds, spans, counts = [], [], [], []
     starts = {name: np.concatenate([[0], np.cumsum(t["chunk_counts"])]) for name, t in loaded.items()}
     for item in items:
         tensors, row = loaded[item["shard"]], item["shard_row"]
+        if int(tensors["row_ids"][row]) != item["row_id"]:
+            raise _mismatch(out_dir, item)
         first, last = starts[item["shard"]][row], starts[item["shard"]][row + 1]
         embeds.append(tensors["embeddings"][row])
         chunk_embeds.append(tensors["chunk_embeddings"][first:last])

@@ -103,7 +103,7 @@ def write_space(out_dir, model, audio_dir=None, trust_remote_code=False):
 
 def space_demo(model, audio_dir, index_dir, trust_remote_code=False):
     """The Space's page and launch arguments: the model, its index brought up to date, the folder it may serve."""
-    from .app import CSS, allowed_audio_paths, build_demo
+    from .app import build_demo, launch_options
     from .cli import load_model
 
     model_obj, processor = load_model(str(model), trust_remote_code)
@@ -114,4 +114,4 @@ def space_demo(model, audio_dir, index_dir, trust_remote_code=False):
             raise
         # the model on the Hub changed since the Space was written: its own small index is rebuilt
         index = AudioIndex.update(model_obj, processor, audio_dir, index_dir, progress=False, skip_bad_audio=True, overwrite=True)
-    return build_demo(index), {"allowed_paths": allowed_audio_paths(index), "css": CSS}
+    return build_demo(index), launch_options(index)
