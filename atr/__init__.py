@@ -6,6 +6,7 @@ from .configuration_atr import AtrConfig
 from .feature_extraction_atr import AtrFeatureExtractor
 from .modeling_atr import AtrModel, AtrOutput
 from .processing_atr import AtrProcessor
+from .pretrained import resolve_backbone
 
 __version__ = "0.1.0"
 
@@ -19,5 +20,7 @@ AutoFeatureExtractor.register(AtrConfig, AtrFeatureExtractor, exist_ok=True)
 AutoProcessor.register(AtrConfig, AtrProcessor, exist_ok=True)
 AtrFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
 AtrProcessor.register_for_auto_class("AutoProcessor")
+# Offline copies of known Hub backbones and faster-whisper folders load through from_pretrained_backbones.
+AtrModel.resolve_backbone = staticmethod(resolve_backbone)
 
-__all__ = ["AtrConfig", "AtrFeatureExtractor", "AtrModel", "AtrOutput", "AtrProcessor", "__version__"]
+__all__ = ["AtrConfig", "AtrFeatureExtractor", "AtrModel", "AtrOutput", "AtrProcessor", "__version__", "resolve_backbone"]

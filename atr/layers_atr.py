@@ -1,5 +1,6 @@
 """AtrModel's parts: one adapter per audio backbone family, the projection head, attention pooling, cross-modal attention."""
 
+import copy
 import functools
 import math
 
@@ -106,9 +107,26 @@ class WhisperAudioAdapter(nn.Module):
         return None if frame_mask is None else frame_mask[:, ::2].bool()
 
     @staticmethod
-    def load_backbone(path, **kwargs):
-        """Load the encoder from a Whisper checkpoint (`WhisperEncoder.from_pretrained` would silently load none)."""
-        return WhisperModel.from_pretrained(path, **kwargs).get_encoder()
+    def load_backbone(path, max_source_positions=None, **config_overrides):
+        """Load the encoder from a Whisper checkpoint, its sinusoidal positions truncated to `max_source_positions` windows."""
+        # `WhisperEncoder.from_pretrained` would silently load none; a smaller config loaded with ignore_mismatched_sizes
+        # would re-create the positions (close to Whisper's, not equal), so the checkpoint's own rows are kept instead.
+        encoder = WhisperModel.from_pretrained(path, **config_overrides).get_encoder()
+        available = encoder.config.max_source_positions
+        if max_source_positions is None or max_source_positions == available:
+            return encoder
+        if max_source_positions > available:
+            raise ValueError(
+                f"max_source_positions {max_source_positions} exceeds the {available} positions of {path}: "
+                f"use windows of at most {available * 2 * 160 / 16000:g} s"
+            )
+        config = copy.deepcopy(encoder.config)
+        config.max_source_positions = max_source_positions
+        state = encoder.state_dict()
+        state["embed_positions.weight"] = state["embed_positions.weight"][:max_source_positions]
+        truncated = WhisperEncoder(config)
+        truncated.load_state_dict(state)
+        return truncated
 
 
 # One adapter per audio backbone family: adding AST or wav2vec2 means adding an entry here, nothing else.

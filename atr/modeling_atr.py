@@ -68,6 +68,8 @@ class AtrPreTrainedModel(PreTrainedModel):
     accepts_loss_kwargs = False
     # Models saved before the cross-modal keys lost their bias (which the softmax always cancelled) load unchanged.
     _keys_to_ignore_on_load_unexpected = [r"(text_to_audio|audio_to_text)\.key\.bias"]
+    # Backbone name -> loadable path: `import atr` sets its resolver (offline packages, faster-whisper folders); Hub code keeps names.
+    resolve_backbone = staticmethod(str)
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -374,15 +376,13 @@ class AtrModel(AtrPreTrainedModel):
         With `return_processor=True`, returns `(model, processor)`: an `AtrProcessor` whose feature extractor follows
         the audio checkpoint's own preprocessor config (mel scale, range, rate) and the text checkpoint's tokenizer.
         """
-        audio_type = AutoConfig.from_pretrained(audio).model_type
+        audio_path, text_path = cls.resolve_backbone(audio), cls.resolve_backbone(text)
+        audio_type = AutoConfig.from_pretrained(audio_path).model_type
         adapter_key = {"clap": "clap_audio_model", "whisper": "whisper"}.get(audio_type)
         if adapter_key is None:
             raise ValueError(f"audio backbone {audio!r} has model_type {audio_type!r}: use a CLAP (HTSAT) or Whisper checkpoint")
-        load_kwargs = {}
-        if audio_config_overrides:
-            load_kwargs = {**audio_config_overrides, "ignore_mismatched_sizes": True}
-        audio_encoder = AUDIO_ADAPTERS[adapter_key].load_backbone(audio, **load_kwargs)
-        text_encoder = AutoModel.from_pretrained(text)
+        audio_encoder = AUDIO_ADAPTERS[adapter_key].load_backbone(audio_path, **(audio_config_overrides or {}))
+        text_encoder = AutoModel.from_pretrained(text_path)
         config = AtrConfig(audio_config=audio_encoder.config, text_config=text_encoder.config, **config_overrides)
         config.audio_backbone_id, config.text_backbone_id = str(audio), str(text)
         model = cls(config)
@@ -392,7 +392,7 @@ class AtrModel(AtrPreTrainedModel):
             return model
         from .processing_atr import AtrProcessor
 
-        return model, AtrProcessor.from_pretrained_backbones(audio, text, config.audio_config)
+        return model, AtrProcessor.from_pretrained_backbones(audio_path, text_path, config.audio_config)
 
 
 __all__ = ["AtrModel", "AtrOutput", "AtrAudioOutput", "AtrPreTrainedModel"]

@@ -41,10 +41,10 @@ def save_paper_size_model(directory):
     from transformers import AutoTokenizer, BertConfig, ClapAudioConfig
 
     import train
-    from atr import AtrConfig, AtrFeatureExtractor, AtrModel, AtrProcessor
+    from atr import AtrConfig, AtrFeatureExtractor, AtrModel, AtrProcessor, resolve_backbone
 
     head = yaml.safe_load((ROOT / "configs" / "clotho.yaml").read_text())["model_config"]
-    text_path = train.resolve_pretrained(train.MINILM_ID)
+    text_path = resolve_backbone(train.MINILM_ID)
     tokenizer = AutoTokenizer.from_pretrained(text_path)
     text_config = BertConfig(vocab_size=tokenizer.vocab_size)  # bert-base size: 12 layers, 768 wide, like RoBERTa-base
     model = AtrModel(AtrConfig(audio_config=ClapAudioConfig(), text_config=text_config, **head))
