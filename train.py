@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import AutoProcessor, AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from atr import AtrConfig, AtrFeatureExtractor, AtrModel, AtrProcessor
 from atr.augmentation import make_noise_augmentation, make_training_augmentation
@@ -20,7 +19,7 @@ from atr.data import estimated_chunk_counts, median_duration_if_short
 from atr.pretrained import resolve_backbone
 from atr.settings import parse_with_config
 from atr.splits import load_splits
-from atr.trainer import AtrTrainer
+from atr.trainer import AtrTrainer, last_complete_checkpoint
 
 logger = logging.getLogger("atr.train")
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
@@ -311,7 +310,7 @@ def main(argv=None):
         trainer = AtrTrainer(model=model, **trainer_kwargs)
         resume = training_args.resume_from_checkpoint
         if resume in ("True", "true", "latest"):
-            resume = get_last_checkpoint(training_args.output_dir)
+            resume = last_complete_checkpoint(training_args.output_dir)
         train_result = trainer.train(resume_from_checkpoint=resume)
     finally:
         torch.set_num_threads(default_threads)

@@ -131,10 +131,23 @@ def estimated_chunk_counts(dataset: Dataset, window_s: float) -> list[int]:
     return [max(1, int(np.ceil(seconds / window_s))) for seconds in clip_durations(dataset)]
 
 
+def _is_manifest(source) -> bool:
+    return Path(source).suffix in (".csv", ".jsonl", ".json") and not os.path.isdir(source)
+
+
+def is_unsplit_manifest(source) -> bool:
+    """Whether `source` is a CSV/JSONL manifest without a `split` column: one table that every split would read whole."""
+    return _is_manifest(source) and os.path.isfile(source) and "split" not in _read_table(Path(source)).column_names
+
+
 def has_split(source: str, split: str, config_name: str | None = None) -> bool:
-    """Whether the data source has `split` (a folder's subfolder, a Hub dataset's split; manifests and synthetic always)."""
-    if source == "synthetic" or Path(source).suffix in (".csv", ".jsonl", ".json"):
+    """Whether the data source has `split`: a folder's subfolder, a Hub dataset's split, a manifest's `split` value (any
+    split of a manifest without that column); synthetic always."""
+    if source == "synthetic":
         return True
+    if _is_manifest(source):
+        table = _read_table(Path(source)) if os.path.isfile(source) else None
+        return table is None or "split" not in table.column_names or split in set(table["split"])
     if os.path.isdir(source):
         return os.path.isdir(os.path.join(source, split))
     if source.startswith((".", "/", "~")):
@@ -151,16 +164,16 @@ def median_duration_if_short(dataset: Dataset, window_s: float, sample_rows: int
     return median if median < window_s / 4 else None
 
 
-def hold_out(dataset, fraction, seed):
-    """(rest, held-out) of `dataset` split by clip (rows sharing an audio path stay together), seeded."""
+def hold_out(dataset, fraction, seed, name="validation"):
+    """(rest, held-out) of `dataset` split by clip (rows sharing an audio path stay together), seeded; `name`: what for."""
     # the path field only, read from Arrow: embedded audio bytes are never loaded
     paths = pc.struct_field(dataset.with_format("arrow")["audio"], "path").to_pylist()
     paths = [path or index for index, path in enumerate(paths)]
     clips = sorted(set(paths), key=str)
     count = max(1, round(fraction * len(clips)))
     if not 0 < fraction < 1 or count >= len(clips):
-        raise ValueError(f"--validation_fraction {fraction} of {len(clips)} train clips leaves no train or no validation "
-                         "clip: pass a fraction in (0, 1), or an --eval_split")
+        raise ValueError(f"--{name}_fraction {fraction} of {len(clips)} train clips leaves no train or no {name} clip: "
+                         f"pass a fraction in (0, 1), or a --{'eval' if name == 'validation' else name}_split that exists")
     held = {clips[i] for i in np.random.default_rng(seed).permutation(len(clips))[:count]}
     rows = {True: [], False: []}
     for index, path in enumerate(paths):

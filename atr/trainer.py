@@ -1,6 +1,9 @@
 """AtrTrainer: a transformers Trainer for the hybrid loss, with retrieval metrics at evaluation and our model card."""
 
+import logging
+import re
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,6 +15,23 @@ from .embedding import embed_dataset
 from .metrics import audio_text_retrieval_metrics
 
 LOSS_TERMS = ("loss_contrastive", "loss_cosine", "loss_l1")
+logger = logging.getLogger(__name__)
+
+
+def last_complete_checkpoint(output_dir):
+    """The newest `checkpoint-N` of `output_dir` that holds trainer_state.json (written last), else None.
+
+    A run killed while saving leaves a newer checkpoint without it, which transformers' get_last_checkpoint would
+    pick and then fail on every resume; such checkpoints are skipped and named in a warning.
+    """
+    found = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)]
+    found.sort(key=lambda p: int(p.name.split("-")[1]), reverse=True)
+    complete = next((p for p in found if (p / "trainer_state.json").is_file()), None)
+    partial = [p.name for p in found[: found.index(complete) if complete else len(found)]]
+    if partial:
+        logger.warning("skipping %s: no trainer_state.json (a save was interrupted); %s", ", ".join(partial),
+                       f"resuming from {complete}" if complete else "no complete checkpoint is left")
+    return None if complete is None else str(complete)
 
 
 class _CollatorEpoch(TrainerCallback):
