@@ -14,6 +14,7 @@ import numpy as np
 import soundfile as sf
 
 from .index import AudioIndex
+from .manifest import BadIndexError
 from .sources import collect_items
 
 APP = '''"""Search recordings by sound with {model!r}: the page of `atr-search serve`, as a Hugging Face Space."""
@@ -110,8 +111,8 @@ def space_demo(model, audio_dir, index_dir, trust_remote_code=False):
     try:
         index = AudioIndex.update(model_obj, processor, audio_dir, index_dir, progress=False, skip_bad_audio=True)
     except ValueError as error:
-        if "built with another model" not in str(error):
+        if "built with another model" not in str(error) and not isinstance(error, BadIndexError):
             raise
-        # the model on the Hub changed since the Space was written: its own small index is rebuilt
+        # the model on the Hub changed since the Space was written, or its index is damaged or older: its own small index is rebuilt
         index = AudioIndex.update(model_obj, processor, audio_dir, index_dir, progress=False, skip_bad_audio=True, overwrite=True)
     return build_demo(index), launch_options(index)
