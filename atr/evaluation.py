@@ -147,19 +147,23 @@ class ClapChunkProcessor:
             raise ValueError(
                 f"audio has sampling rate {sampling_rate}, expected {self.feature_extractor.sampling_rate}: resample it first"
             )
-        chunks, counts = [], []
+        chunks, packed = [], []
         for clip in clips:
             clip = np.asarray(clip, dtype=np.float32)
-            packed = self.chunker.chunk_spans(clip)
-            chunks.extend(np.concatenate([clip[start:end] for start, end in spans]) for spans in packed)
-            counts.append(len(packed))
+            packed.append(self.chunker.chunk_spans(clip))
+            chunks.extend(np.concatenate([clip[start:end] for start, end in spans]) for spans in packed[-1])
         features = self.feature_extractor(chunks, sampling_rate=sampling_rate, return_tensors="np")["input_features"]
-        batch = np.zeros((len(clips), max(counts), *features.shape[1:]), dtype=np.float32)
-        mask = np.zeros((len(clips), max(counts)), dtype=np.int64)
-        for index, count in enumerate(counts):
-            mask[index, :count] = 1
+        most = max(len(p) for p in packed)
+        batch = np.zeros((len(clips), most, *features.shape[1:]), dtype=np.float32)
+        mask = np.zeros((len(clips), most), dtype=np.int64)
+        # where each chunk's audio came from, in seconds, as AtrFeatureExtractor gives it: (B, C, S, 2), -1 unused
+        seconds = np.full((len(clips), most, max(len(s) for p in packed for s in p), 2), -1.0, dtype=np.float32)
+        for index, clip_chunks in enumerate(packed):
+            mask[index, : len(clip_chunks)] = 1
+            for c, spans in enumerate(clip_chunks):
+                seconds[index, c, : len(spans)] = np.asarray(spans) / sampling_rate
         batch[mask.astype(bool)] = features
-        return {"input_features": torch.from_numpy(batch), "chunk_mask": torch.from_numpy(mask)}
+        return {"input_features": torch.from_numpy(batch), "chunk_mask": torch.from_numpy(mask), "chunk_spans": torch.from_numpy(seconds)}
 
 
 class ClapRetrievalAdapter(nn.Module):
@@ -168,9 +172,11 @@ class ClapRetrievalAdapter(nn.Module):
     def __init__(self, clap: ClapModel):
         super().__init__()
         self.clap = clap
+        self.config, self.name_or_path = clap.config, clap.name_or_path  # projection_dim and the id an index records
 
     def get_audio_features(self, input_features, chunk_mask=None, **kwargs):
-        """L2-normalised clip embeddings (B, D): the mean of the clip's normalised chunk embeddings."""
+        """L2-normalised clip embeddings (B, D), the mean of the clip's normalised chunk embeddings (last_hidden_state,
+        (B, C, D); chunk_weights, 1/C per real chunk)."""
         if chunk_mask is None:
             chunk_mask = torch.ones(input_features.shape[:2], dtype=torch.long, device=input_features.device)
         real = chunk_mask.bool()
@@ -180,9 +186,12 @@ class ClapRetrievalAdapter(nn.Module):
         is_longer = torch.zeros(len(chunks), 1, dtype=torch.bool, device=chunks.device)
         chunk_embeds = self.clap.get_audio_features(input_features=chunks, is_longer=is_longer).pooler_output
         grid = chunk_embeds.new_zeros(*chunk_mask.shape, chunk_embeds.shape[-1])
-        grid[real] = chunk_embeds
+        grid[real] = chunk_embeds  # ClapModel's audio embeddings are L2-normalised
         mean = grid.sum(1) / real.sum(1, keepdim=True).clamp(min=1)
-        return BaseModelOutputWithPooling(pooler_output=nn.functional.normalize(mean, dim=-1))
+        weights = real.to(grid.dtype) / real.sum(1, keepdim=True).clamp(min=1)
+        output = BaseModelOutputWithPooling(pooler_output=nn.functional.normalize(mean, dim=-1), last_hidden_state=grid)
+        output["chunk_weights"] = weights
+        return output
 
     def get_text_features(self, input_ids, attention_mask=None, **kwargs):
         """L2-normalised caption embeddings (B, D) from ClapModel."""
@@ -198,6 +207,9 @@ BACKENDS = ("torch", "onnx", "onnx-int8")
 def load_model_for_evaluation(name: str, device: str | torch.device = "cpu", backend: str = "torch",
                               trust_remote_code: bool = False):
     """(model, processor, info) for an atr model or a transformers ClapModel (dir or Hub id); info names the protocol.
+
+    The one model loader of evaluate.py, atr-search and the search page: a ClapModel comes back behind
+    `ClapRetrievalAdapter` / `ClapChunkProcessor`, with AtrModel's embedding interface and atr's chunk spans.
 
     `backend="onnx"` / `"onnx-int8"` loads an `atr.export` ONNX folder into `atr.onnx.AtrOnnxModel` (ONNX Runtime, CPU).
     No code from the repo runs unless `trust_remote_code=True`: `import atr` registers the atr classes, so atr models
@@ -220,6 +232,9 @@ def load_model_for_evaluation(name: str, device: str | torch.device = "cpu", bac
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
+        if "trust_remote_code" in str(error) and not trust_remote_code:
+            raise ValueError(f"--model {name!r} could not be loaded without running its code: it is not an atr model and "
+                             "needs its repository's own code to load; it was not run. Pass --trust_remote_code, if you trust it") from error
         hint = "" if trust_remote_code else " (a repo that needs its own code also needs --trust_remote_code, if you trust it)"
         raise ValueError(f"--model {name!r} could not be loaded ({error}): pass a trained atr directory, a ClapModel "
                          f"directory or a Hub id{hint}") from error
@@ -232,7 +247,7 @@ def load_model_for_evaluation(name: str, device: str | torch.device = "cpu", bac
         processor = AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
         info = {"model_type": "atr", "audio_protocol": ATR_PROTOCOL}
     else:
-        raise ValueError(f"--model {name!r} is a {config.model_type!r} model: evaluate.py takes an atr model or a ClapModel")
+        raise ValueError(f"--model {name!r} is a {config.model_type!r} model: pass an atr model, its ONNX export or a transformers ClapModel")
     return model.to(device).eval(), processor, info
 
 

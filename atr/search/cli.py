@@ -24,24 +24,15 @@ COMMANDS = ("build", "serve", "space", "export")
 
 
 def load_model(model_id, trust_remote_code=False, device="cpu"):
-    """Model and processor of a folder, Hub id or ONNX export; remote code runs only with `trust_remote_code=True`."""
-    from transformers import AutoModel, AutoProcessor
+    """Model and processor of an atr folder or Hub id, its ONNX export or a transformers ClapModel (atr.evaluation's loader).
 
-    from ..onnx import AtrOnnxModel, is_onnx_export
+    Remote code runs only with `trust_remote_code=True`; an ONNX export runs on the CPU with ONNX Runtime.
+    """
+    from ..evaluation import load_model_for_evaluation
+    from ..onnx import is_onnx_export
 
-    try:
-        if is_onnx_export(model_id):  # a `python -m atr.export onnx` folder: ONNX Runtime on the CPU
-            model = AtrOnnxModel.from_pretrained(model_id)
-        else:
-            model = AutoModel.from_pretrained(model_id, trust_remote_code=trust_remote_code).to(device)
-        processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=trust_remote_code)
-    except ValueError as error:
-        if "trust_remote_code" not in str(error) or trust_remote_code:
-            raise
-        raise ValueError(
-            f"model {model_id!r} is not an atr model and needs its own code from the repository to load; it was not run. "
-            "Pass --trust_remote_code (trust_remote_code=True) only if you trust that code"
-        ) from error
+    onnx = is_onnx_export(model_id)  # a `python -m atr.export onnx` folder
+    model, processor, _ = load_model_for_evaluation(model_id, "cpu" if onnx else device, "onnx" if onnx else "torch", trust_remote_code)
     return model, processor
 
 
