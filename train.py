@@ -205,7 +205,7 @@ def cached_training_data(model, processor, dataset, data_args, training_args, co
     return rows, collator
 
 
-def short_clip_argv(argv, data_args, run_args, train_dataset, window_s):
+def short_clip_argv(argv, model_args, data_args, run_args, train_dataset, window_s):
     """The arguments that train with --short_clip_config when the median clip fills under a quarter of the window, else None."""
     median = None if data_args.streaming else median_duration_if_short(train_dataset, window_s)
     if median is None:
@@ -215,8 +215,12 @@ def short_clip_argv(argv, data_args, run_args, train_dataset, window_s):
         logger.warning("%s: training with %s instead, made for short recordings (--short_clip_config '' keeps the window)",
                        share, run_args.short_clip_config)
         return ["--config", run_args.short_clip_config, *split_config(argv)[1], "--short_clip_config", ""]
-    logger.warning("%s: the rest is padding and the time resolution is coarse for them; for short recordings train with --config "
-                   "configs/short_clips.yaml (1.24 s windows at a 10 ms hop; BENCHMARKS.md, 'Spoken words')", share)
+    if model_args.audio_backbone:  # a pretrained encoder keeps its front end: only the window shrinks
+        advice = ("--config configs/pretrained_short_clips.yaml, or for this backbone a shorter window, e.g. "
+                  "--audio_config_overrides '{\"max_source_positions\": 125}' (2.5 s for Whisper)")
+    else:
+        advice = "--config configs/short_clips.yaml (1.24 s windows at a 10 ms hop; BENCHMARKS.md, 'Spoken words')"
+    logger.warning("%s: the rest is padding and the time resolution is coarse for them; for short recordings train with %s", share, advice)
     return None
 
 
@@ -276,7 +280,7 @@ def main(argv=None):
 
     model, processor = build_model_and_processor(model_args)
     splits = load_splits(data_args, training_args)
-    short_argv = short_clip_argv(argv, data_args, run_args, splits["train"], processor.feature_extractor.window_s)
+    short_argv = short_clip_argv(argv, model_args, data_args, run_args, splits["train"], processor.feature_extractor.window_s)
     if short_argv:
         return main(short_argv)
     augment = make_training_augmentation(processor.feature_extractor.sampling_rate, data_args.noise_probability, data_args.noise_min_snr_db,

@@ -239,3 +239,12 @@ def test_train_py_with_cached_encoder_outputs(tmp_path):
     # The tiny config trains its audio encoder: only the (frozen) text encoder's outputs are cached.
     trainer, _ = train.main([*base, "--output_dir", str(tmp_path / "b")])
     assert trainer.data_collator.audio_cache is None and trainer.data_collator.text_cache is not None
+
+
+def test_a_clean_only_audio_cache_is_shared_by_every_seed(setup):
+    from atr.cache import audio_cache_fingerprint
+
+    model, processor, dataset = setup
+    # Without noisy views the stored states do not depend on the seed, so seeds 1 and 2 reuse seed 0's build.
+    assert audio_cache_fingerprint(model, processor, dataset, 0, 0) == audio_cache_fingerprint(model, processor, dataset, 0, 1)
+    assert audio_cache_fingerprint(model, processor, dataset, 2, 0, NOISE) != audio_cache_fingerprint(model, processor, dataset, 2, 1, NOISE)
