@@ -70,6 +70,15 @@ one (a Gradio search page with text and query-by-example search, a player that s
 `hf upload {{ space_id }} ./space --repo-type space` publishes it at
 [{{ space_id }}](https://huggingface.co/spaces/{{ space_id }}).
 
+## Deploy on Inference Endpoints
+
+This repository has a custom handler, `handler.py` (with its `requirements.txt`), so it deploys as a dedicated
+[Inference Endpoint](https://huggingface.co/docs/inference-endpoints/guides/custom_handler). Send
+`{"inputs": <audio>, "parameters": {"candidate_labels": ["dog", "rain"]}}` (audio as the file's bytes, their base64
+string, or a list of samples with `parameters.sampling_rate`) for labels with scores, best first; a string or a list of
+strings for text embeddings (`text_embeds`); audio without labels for its embedding (`audio_embeds`), `chunk_weights`
+and `chunk_spans` (the seconds each chunk holds).
+
 ## Architecture
 
 {{ architecture }}

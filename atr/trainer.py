@@ -16,6 +16,15 @@ from .metrics import audio_text_retrieval_metrics
 
 LOSS_TERMS = ("loss_contrastive", "loss_cosine", "loss_l1")
 logger = logging.getLogger(__name__)
+# Inference Endpoints run handler.py (atr/handler.py) and install requirements.txt from a model repo
+ENDPOINT_REQUIREMENTS = "soundfile\nsoxr\n"
+
+
+def write_endpoint_handler(output_dir):
+    """Write the Inference Endpoints custom handler (handler.py) and the packages it needs (requirements.txt) into a model folder."""
+    output_dir = Path(output_dir)
+    (output_dir / "handler.py").write_text(Path(__file__).with_name("handler.py").read_text())
+    (output_dir / "requirements.txt").write_text(ENDPOINT_REQUIREMENTS)
 
 
 def last_complete_checkpoint(output_dir):
@@ -88,6 +97,11 @@ class AtrTrainer(Trainer):
         self.add_callback(_ClampLogitScale(self))
         if hasattr(self.data_collator, "set_epoch"):
             self.add_callback(_CollatorEpoch(self.data_collator))
+
+    def _save(self, output_dir=None, state_dict=None):
+        """Save as Trainer does, plus the Inference Endpoints handler: every saved model folder can be deployed."""
+        super()._save(output_dir, state_dict)
+        write_endpoint_handler(output_dir or self.args.output_dir)
 
     def _get_train_sampler(self, train_dataset=None):
         """Trainer's sampler; its length-grouped one (unseeded in transformers) reseeded per epoch for exact resumes."""
