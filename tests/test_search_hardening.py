@@ -224,3 +224,42 @@ def test_same_model_from_another_path_reuses_the_index(tmp_path, model_dir, monk
     with torch.no_grad():
         next(changed.parameters()).add_(1e-3)
     assert model_fingerprint(changed, processor) != fingerprint
+
+
+# ---- 6. a build killed with SIGKILL resumes to the clean build's index -------------------------------------------
+
+KILL_AT_4TH_FILE = """
+import os, signal, sys
+from atr.search import index as search_index
+from atr.search.cli import main
+
+real, calls = search_index.decode_audio, []
+
+def decode(source, rate):
+    calls.append(source)
+    if len(calls) == 4:  # inside the second shard: the first is finished and named by the manifest
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(source, rate)
+
+search_index.decode_audio = decode
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_build_killed_with_sigkill_resumes_to_the_clean_build(tmp_path, model_and_processor, model_dir):
+    from tests.test_search_update import same_index
+
+    model, processor = model_and_processor
+    folder = write_folder(tmp_path / "audio", [f"x{i}.wav" for i in range(6)])
+    clean = AudioIndex.build(model, processor, folder, tmp_path / "clean", shard_size=2, progress=False)
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_AT_4TH_FILE)
+    argv = ["build", "--audio-dir", str(folder), "--model", str(model_dir), "--index-dir", str(tmp_path / "index"),
+            "--shard-size", "2", "--quiet"]
+    killed = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, env=env(), cwd=ROOT, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    code, _, err = run_cli(*argv)
+    assert code == 0, err
+    resumed = AudioIndex.load(tmp_path / "index", model, processor)
+    same_index(resumed, clean)
+    assert resumed.search("bell", k=6)[0].name == clean.search("bell", k=6)[0].name
