@@ -337,4 +337,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from atr.cli_errors import run_cli
+
+    sys.exit(run_cli("train.py", main, debug_flag=False))  # a user error: status 2 and one line (ATR_DEBUG=1: traceback)

@@ -85,8 +85,14 @@ def search_parser():
 
 
 def _index_dir(args):
-    """--index-dir, else the folder's own `.atr-index`."""
-    return Path(args.index_dir) if args.index_dir else Path(args.audio_dir) / ".atr-index"
+    """--index-dir, else the folder's own `.atr-index`; a missing --audio-dir or an --index-dir that is a file is refused."""
+    if getattr(args, "audio_dir", None) and not Path(args.audio_dir).is_dir():
+        what = "is not a folder" if Path(args.audio_dir).exists() else "does not exist"
+        raise FileNotFoundError(f"--audio-dir {args.audio_dir!r} {what}: pass the folder that holds your recordings")
+    index_dir = Path(args.index_dir) if args.index_dir else Path(args.audio_dir) / ".atr-index"
+    if index_dir.exists() and not index_dir.is_dir():
+        raise FileExistsError(f"--index-dir {str(index_dir)!r} is a file, not a folder: pass a folder (new or an index's)")
+    return index_dir
 
 
 def _open_index(args):
@@ -226,8 +232,15 @@ def _space(argv):
 
 
 def main(argv=None):
-    """Console entry point `atr-search`: the first word picks build / serve / space / export; otherwise search by text or example."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Console entry point `atr-search`: the first word picks build / serve / space / export; otherwise search by text or example.
+
+    From the command line (argv None) a user error exits 2 with one line (atr.cli_errors); called with argv, it raises.
+    """
+    if argv is None:
+        from ..cli_errors import run_cli
+
+        return run_cli("atr-search", main)
+    argv = list(argv)
     command = {"build": _build, "serve": _serve, "space": _space, "export": _export}.get(argv[0] if argv else None, None)
     try:
         return command(argv[1:]) if command else _search(argv)
