@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from transformers import ClapAudioModel, WhisperModel
-from transformers.models.whisper.modeling_whisper import WhisperEncoder
+from transformers.models.whisper.modeling_whisper import WhisperEncoder, sinusoids
 
 
 @functools.lru_cache(maxsize=8)
@@ -108,25 +108,23 @@ class WhisperAudioAdapter(nn.Module):
 
     @staticmethod
     def load_backbone(path, max_source_positions=None, **config_overrides):
-        """Load the encoder from a Whisper checkpoint, its sinusoidal positions truncated to `max_source_positions` windows."""
+        """Load the encoder from a Whisper checkpoint, its own sinusoidal positions cut (or extended) to `max_source_positions`."""
         # `WhisperEncoder.from_pretrained` would silently load none; a smaller config loaded with ignore_mismatched_sizes
         # would re-create the positions (close to Whisper's, not equal), so the checkpoint's own rows are kept instead.
         encoder = WhisperModel.from_pretrained(path, **config_overrides).get_encoder()
         available = encoder.config.max_source_positions
         if max_source_positions is None or max_source_positions == available:
             return encoder
-        if max_source_positions > available:
-            raise ValueError(
-                f"max_source_positions {max_source_positions} exceeds the {available} positions of {path}: "
-                f"use windows of at most {available * 2 * 160 / 16000:g} s"
-            )
         config = copy.deepcopy(encoder.config)
         config.max_source_positions = max_source_positions
         state = encoder.state_dict()
-        state["embed_positions.weight"] = state["embed_positions.weight"][:max_source_positions]
-        truncated = WhisperEncoder(config)
-        truncated.load_state_dict(state)
-        return truncated
+        positions = sinusoids(max_source_positions, config.d_model)  # beyond the checkpoint: Whisper's formula (a test model)
+        kept = min(available, max_source_positions)
+        positions[:kept] = state["embed_positions.weight"][:kept]
+        state["embed_positions.weight"] = positions
+        resized = WhisperEncoder(config)
+        resized.load_state_dict(state)
+        return resized
 
 
 # One adapter per audio backbone family: adding AST or wav2vec2 means adding an entry here, nothing else.

@@ -5,6 +5,7 @@ import shutil
 import pytest
 import torch
 from transformers import BertModel, WhisperForConditionalGeneration
+from transformers.models.whisper.modeling_whisper import sinusoids
 
 from atr import AtrModel
 from atr.ctranslate2_whisper import read_model_bin, whisper_config, whisper_state_dict
@@ -94,8 +95,10 @@ def test_whisper_positions_are_truncated_not_recreated(folders):
     )
     original = WhisperForConditionalGeneration.from_pretrained(folders / "original").model.encoder.embed_positions.weight
     assert torch.equal(model.audio_model.encoder.embed_positions.weight, original[:20])
-    with pytest.raises(ValueError, match="exceeds the 50 positions"):
-        AtrModel.from_pretrained_backbones(audio=str(folders / "ct2"), text=str(folders / "text"), audio_config_overrides={"max_source_positions": 60})
+    longer = AtrModel.from_pretrained_backbones(
+        audio=str(folders / "ct2"), text=str(folders / "text"), audio_config_overrides={"max_source_positions": 60}
+    ).audio_model.encoder.embed_positions.weight
+    assert torch.equal(longer[:50], original) and torch.allclose(longer[50:], sinusoids(60, original.shape[1])[50:])
 
 
 def test_openai_whisper_tiny_en_resolves_to_the_packaged_weights_offline(tmp_path, monkeypatch):
