@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from atr import search
-from atr.search import AudioIndex, model_fingerprint
+from atr.search import AudioIndex, BadIndexError, model_fingerprint
 from atr.search import index as search_index
 from tests.test_search import model_and_processor, model_dir  # noqa: F401 (fixtures)
 from tests.test_search_update import write_folder
@@ -178,9 +178,13 @@ def test_malformed_manifest_is_one_line_naming_it_and_the_fix(built, model_dir, 
     folder, _ = built
     path = folder / ".atr-index" / "manifest.json"
     path.write_text(damage(path.read_text()))
+    from atr.cli_errors import run_cli as run_main
+
     for argv in (["bell", "--audio-dir", str(folder), "--model", str(model_dir), "--quiet"],
                  ["serve", "--index-dir", str(folder / ".atr-index"), "--model", str(model_dir)]):
-        assert search.main(argv) == 2
+        with pytest.raises(BadIndexError, match=r"manifest\.json.*--overwrite"):  # from Python: one exception
+            search.main(argv)
+        assert run_main("atr-search", search.main, argv) == 2  # from the command line: status 2, one line
         err = capsys.readouterr().err
         assert_one_line_refusal(2, err, "manifest.json", "--overwrite")
     with pytest.raises(ValueError, match=r"manifest\.json"):

@@ -18,7 +18,7 @@ import torch
 
 from .backends import BACKENDS
 from .index import AudioIndex
-from .manifest import BadIndexError, _read_manifest
+from .manifest import _read_manifest
 
 COMMANDS = ("build", "serve", "space", "export")
 
@@ -242,8 +242,4 @@ def main(argv=None):
         return run_cli("atr-search", main)
     argv = list(argv)
     command = {"build": _build, "serve": _serve, "space": _space, "export": _export}.get(argv[0] if argv else None, None)
-    try:
-        return command(argv[1:]) if command else _search(argv)
-    except BadIndexError as error:  # a damaged or untrusted index folder: one line with the fix, exit status 2
-        print(f"atr-search: {error}", file=sys.stderr)
-        return 2
+    return command(argv[1:]) if command else _search(argv)
