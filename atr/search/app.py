@@ -118,8 +118,11 @@ def served_paths(index):
 
 def launch_options(index):
     """`launch()` arguments: serve exactly the indexed recordings, never the index folder; keep few sessions' state."""
-    return {"allowed_paths": served_paths(index), "blocked_paths": [str(index.out_dir.resolve())], "css": CSS,
-            "state_session_capacity": SESSIONS}
+    served, out = served_paths(index), index.out_dir.resolve()
+    # The allowlist already leaves the index's files out; blocking its folder too is a second lock, unless the
+    # recordings were indexed into their own folder (--index-dir = --audio-dir), where it would block them all.
+    blocked = [] if any(Path(path).is_relative_to(out) for path in served) else [str(out)]
+    return {"allowed_paths": served, "blocked_paths": blocked, "css": CSS, "state_session_capacity": SESSIONS}
 
 
 def serve(index, host="127.0.0.1", port=7860, **launch_kwargs):
