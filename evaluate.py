@@ -28,7 +28,9 @@ OUTPUT_FILES = ("results.json", "comparison.json")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command-line options."""
+    """The command-line options (each `--a_b` also as `--a-b`)."""
+    from atr.cli_errors import both_spellings, one_line_errors
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="A trained atr directory or Hub id, or a transformers ClapModel (e.g. laion/clap-htsat-unfused).")
     parser.add_argument("--dataset", default="synthetic", help="What train.py accepts: 'synthetic', a Hub id, an audiofolder or a CSV/JSONL manifest.")
@@ -62,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
                         help="torch, or ONNX Runtime on a `python -m atr.export onnx` folder (onnx-int8: its --int8 graphs).")
     parser.add_argument("--no_progress", action="store_true", help="Hide the progress bars.")
-    return parser
+    return one_line_errors(both_spellings(parser))
 
 
 def check_output_dir(output_dir: str, overwrite: bool, name: str = "results.json") -> Path:
@@ -183,4 +185,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from atr.cli_errors import run_cli
+
+    sys.exit(run_cli("evaluate.py", main))  # a user error: status 2 and one line (ATR_DEBUG=1: traceback)

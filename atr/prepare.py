@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
@@ -88,9 +89,19 @@ def _remote_size(url: str) -> int | None:
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme == "file":
         return os.path.getsize(urllib.request.url2pathname(parsed.path))
-    with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=60) as response:
-        length = response.headers.get("Content-Length")
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=60) as response:
+            length = response.headers.get("Content-Length")
+    except OSError as error:  # URLError, HTTPError, a timeout
+        raise _download_failed(url, error) from error
     return int(length) if length else None
+
+
+def _download_failed(source: str, error: Exception) -> OSError:
+    """The one-line error of a download that could not start or finish: what failed and what to do."""
+    reason = getattr(error, "reason", None) or (str(error).splitlines() or [type(error).__name__])[0]
+    return OSError(f"downloading {source} failed ({reason}): check the network connection (or proxy) and run the same "
+                   "command again; finished downloads are kept and a partial one resumes")
 
 
 def _open_source(url: str, offset: int):
@@ -101,7 +112,10 @@ def _open_source(url: str, offset: int):
         handle.seek(offset)
         return handle, True
     headers = {"Range": f"bytes={offset}-"} if offset else {}
-    response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60)
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60)
+    except OSError as error:
+        raise _download_failed(url, error) from error
     return response, offset == 0 or response.status == 206
 
 
@@ -121,8 +135,11 @@ def download(remote: RemoteFile, folder: Path) -> Path:
         else:
             logger.info("downloading %s", remote.url)
         with open(part, "ab" if resumed else "wb") as target:
-            for block in iter(lambda: source.read(CHUNK_BYTES), b""):
-                target.write(block)
+            try:
+                for block in iter(lambda: source.read(CHUNK_BYTES), b""):
+                    target.write(block)
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as error:  # the connection broke mid-file
+                raise _download_failed(remote.url, error) from error
     found = _md5(part)
     if found != remote.md5:
         part.unlink()
@@ -239,10 +256,17 @@ def prepare_fsd50k(out_dir: str | os.PathLike, keep_downloads: bool = False, rep
     downloads = out / DOWNLOADS
     # huggingface_hub resumes interrupted files and checks each against the Hub's hash
     fetch = dict(repo_id=repo_id, repo_type="dataset", allow_patterns=FSD50K_FILES, local_dir=downloads)
-    needed = sum(f.file_size or 0 for f in snapshot_download(**fetch, dry_run=True) if f.will_download)
-    logger.info("fsd50k needs about %.1f GB on %s (downloaded clips are moved, not copied)", needed / 1e9, out)
-    _check_free(out, needed, "preparing fsd50k")
-    snapshot_download(**fetch)
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        needed = sum(f.file_size or 0 for f in snapshot_download(**fetch, dry_run=True) if f.will_download)
+        logger.info("fsd50k needs about %.1f GB on %s (downloaded clips are moved, not copied)", needed / 1e9, out)
+        _check_free(out, needed, "preparing fsd50k")
+        snapshot_download(**fetch)
+    except (HfHubHTTPError, ValueError, OSError) as error:  # offline (LocalEntryNotFoundError), a Hub error, a broken connection
+        if isinstance(error, OSError) and "free on" in str(error):
+            raise
+        raise _download_failed(f"dataset {repo_id} from the Hugging Face Hub", error) from error
     with open(downloads / "labels" / "eval.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     split_dir = out / "test"
@@ -260,13 +284,20 @@ def prepare_fsd50k(out_dir: str | os.PathLike, keep_downloads: bool = False, rep
     return _finish(out, "fsd50k", {"test": len(rows)}, keep_downloads, source=f"https://huggingface.co/datasets/{repo_id}")
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options (`--keep_downloads` also as `--keep-downloads`)."""
+    from .cli_errors import both_spellings, one_line_errors
+
+    parser = argparse.ArgumentParser(prog="python -m atr.prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", choices=["clotho", "fsd50k"])
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="Folder to write (new or empty; an interrupted run's folder resumes).")
+    parser.add_argument("--keep_downloads", action="store_true", help="Keep the archives in OUT_DIR/.downloads.")
+    return one_line_errors(both_spellings(parser))
+
+
 def main(argv=None):
     """The command line: `python -m atr.prepare {clotho,fsd50k} OUT_DIR [--keep_downloads]`."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", choices=["clotho", "fsd50k"])
-    parser.add_argument("out_dir", help="Folder to write (new or empty; an interrupted run's folder resumes).")
-    parser.add_argument("--keep_downloads", action="store_true", help="Keep the archives in OUT_DIR/.downloads.")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.dataset == "fsd50k":
         prepare_fsd50k(args.out_dir, keep_downloads=args.keep_downloads)
@@ -275,4 +306,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from .cli_errors import run_cli
+
+    sys.exit(run_cli("python -m atr.prepare", main))  # a user error: status 2 and one line (ATR_DEBUG=1: traceback)

@@ -2,7 +2,7 @@
 
     atr-search "a dog barks" --audio-dir recordings/ --model M [-k 10] [--chunks] [--json]
     atr-search --query-audio clip.wav --audio-dir recordings/ --model M
-    atr-search build --audio-dir recordings/ --model M [--skip_bad_audio]
+    atr-search build --audio-dir recordings/ --model M [--skip-bad-audio]
     atr-search serve --index-dir recordings/.atr-index [--model M] [--port 7860] [--audio-dir recordings/]
     atr-search space OUT_DIR --model REPO [--audio-dir DIR]
     atr-search export --index-dir DIR --to QDRANT_FOLDER_OR_URL [--collection atr]
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..cli_errors import both_spellings, one_line_errors
 from .backends import BACKENDS
 from .index import AudioIndex
 from .manifest import _read_manifest
@@ -52,7 +53,8 @@ def _common(parser, index_required=False):
     parser.add_argument("--model", help="model folder, Hub id or ONNX export folder; default: the one the index records")
     parser.add_argument("--trust_remote_code", action="store_true",
                         help="allow a model that is not an atr model to run its repository's code (off by default)")
-    parser.add_argument("--index-dir", required=index_required, help="where embeddings are stored; default: <audio-dir>/.atr-index")
+    parser.add_argument("--index-dir", required=index_required, help="the index folder (made by `atr-search build`)" if index_required
+                        else "where embeddings are stored; default: <audio-dir>/.atr-index")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -60,7 +62,7 @@ def _build_options(parser, folder_required=True):
     parser.add_argument("--audio-dir", required=folder_required, help="folder of audio files (searched recursively, hidden files ignored)")
     parser.add_argument("--batch-size", type=int, default=8, help="recordings embedded at once")
     parser.add_argument("--shard-size", type=int, default=1024, help="recordings per shard file (an interrupted build resumes from the last one)")
-    parser.add_argument("--skip_bad_audio", action="store_true", help="leave unreadable files out (listed in the manifest) instead of stopping")
+    parser.add_argument("--skip-bad-audio", action="store_true", help="leave unreadable files out (listed in the manifest) instead of stopping")
     parser.add_argument("--overwrite", action="store_true", help="rebuild the index even if it was made with another model")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -81,7 +83,12 @@ def search_parser():
     parser.add_argument("--chunks", action="store_true", help="rank chunks, not recordings: a long recording can appear at several times")
     parser.add_argument("--backend", choices=BACKENDS, default="exact", help="exact (default) or a FAISS index: flat, pq, hnsw")
     parser.add_argument("--json", action="store_true", help="print results as JSON lines")
-    return parser
+    return finish(parser)
+
+
+def finish(parser):
+    """`parser` taking `--a-b` and `--a_b` alike and ending a bad command line with one line."""
+    return one_line_errors(both_spellings(parser))
 
 
 def _index_dir(args):
@@ -115,7 +122,12 @@ def print_hits(query, hits, as_json):
         if as_json:
             print(json.dumps({"query": query, "rank": rank, **hit.__dict__}))
         else:
-            print(f"{query}\t{rank}\t{hit.score:.4f}\t{hit.path}  [{hit.start:.1f}-{hit.end:.1f} s]")
+            print(f"{_field(query)}\t{rank}\t{hit.score:.4f}\t{_field(hit.path)}  [{hit.start:.1f}-{hit.end:.1f} s]")
+
+
+def _field(text):
+    """`text` as it is, or JSON-quoted when a newline, tab or other control character would break the line into fields."""
+    return text if text.isprintable() else json.dumps(text)
 
 
 def _search(argv):
@@ -154,7 +166,8 @@ def _search_qdrant(parser, args):
     return 0
 
 
-def _export(argv):
+def export_parser():
+    """The parser of `atr-search export`."""
     parser = argparse.ArgumentParser(prog="atr-search export", description="Write an index (recordings and chunks) to Qdrant.")
     parser.add_argument("--index-dir", required=True, help="the index folder to export")
     parser.add_argument("--to", required=True, help="a folder (Qdrant local mode, no server) or a server URL, http(s)://host:6333")
@@ -162,7 +175,11 @@ def _export(argv):
     parser.add_argument("--overwrite", action="store_true", help="replace collections of that name")
     parser.add_argument("--shard-number", type=int, help="shards of each collection on a Qdrant cluster")
     parser.add_argument("--replication-factor", type=int, help="copies of each shard on a Qdrant cluster")
-    args = parser.parse_args(argv)
+    return finish(parser)
+
+
+def _export(argv):
+    args = export_parser().parse_args(argv)
     index = AudioIndex.load(args.index_dir)
     index.export(args.to, args.collection, overwrite=args.overwrite, shard_number=args.shard_number,
                  replication_factor=args.replication_factor)
@@ -171,13 +188,19 @@ def _export(argv):
     return 0
 
 
-def _build(argv):
+def build_parser():
+    """The parser of `atr-search build`."""
     parser = argparse.ArgumentParser(
         prog="atr-search build", description="Embed a folder, or bring its index up to date; under `accelerate launch`, "
         "every process embeds its part of the folder (see atr.search.distributed).")
     parser.add_argument("folder", nargs="?", help="folder of audio files (the same as --audio-dir)")
     _build_options(parser, folder_required=False)
     _common(parser)
+    return finish(parser)
+
+
+def _build(argv):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if (args.folder is None) == (args.audio_dir is None):
         parser.error("give the folder of recordings once: as FOLDER or as --audio-dir")
@@ -203,32 +226,51 @@ def _build(argv):
     return 0
 
 
-def _serve(argv):
+def serve_parser():
+    """The parser of `atr-search serve`."""
     parser = argparse.ArgumentParser(prog="atr-search serve", description="A local web page to search an index and listen to hits.")
     _common(parser, index_required=True)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
+                        "0.0.0.0 lets other machines in)")
+    parser.add_argument("--port", type=int, default=7860, help="port of the page (default 7860): open http://HOST:PORT")
     parser.add_argument("--audio-dir", help="the recordings' folder, if the index is not inside it or was moved without it "
                         "(default: the folder the manifest records, checked against the recordings)")
-    args = parser.parse_args(argv)
+    return finish(parser)
+
+
+def _serve(argv):
+    args = serve_parser().parse_args(argv)
     from .app import serve
 
     model, processor = load_model(resolve_model_id(args.model, args.index_dir), args.trust_remote_code, args.device)
-    serve(AudioIndex.load(args.index_dir, model, processor, audio_root=args.audio_dir), host=args.host, port=args.port)
+    index = AudioIndex.load(args.index_dir, model, processor, audio_root=args.audio_dir)
+    aiff = sum(Path(path).suffix.lower() in (".aif", ".aiff", ".aifc") for path in index.items)
+    if aiff:  # the page serves the files as they are; browsers other than Safari have no AIFF decoder
+        print(f"atr-search: {aiff} indexed recordings are AIFF, which Chrome and Firefox do not play: their hits are listed, "
+              "but only Safari plays them; convert them to WAV or FLAC to listen in any browser", file=sys.stderr)
+    serve(index, host=args.host, port=args.port)
     return 0
 
 
-def _space(argv):
+def space_parser():
+    """The parser of `atr-search space`."""
     parser = argparse.ArgumentParser(prog="atr-search space", description="Write a Gradio Space that serves the search page for a model.")
     parser.add_argument("out_dir", help="folder to write the Space into (must be empty or new)")
     parser.add_argument("--model", required=True, help="the model's Hub id (the Space loads it) or a local folder")
     parser.add_argument("--audio-dir", help="recordings for the example index (default: a few synthetic scenes)")
     parser.add_argument("--trust_remote_code", action="store_true", help="allow a model that is not an atr model to run its code")
-    args = parser.parse_args(argv)
+    return finish(parser)
+
+
+def _space(argv):
+    args = space_parser().parse_args(argv)
     from .space import write_space
 
     print(f"atr-search: wrote a Space to {str(write_space(args.out_dir, args.model, args.audio_dir, args.trust_remote_code))!r}", file=sys.stderr)
     return 0
+
+
+PARSERS = {"": search_parser, "build": build_parser, "serve": serve_parser, "space": space_parser, "export": export_parser}
 
 
 def main(argv=None):
@@ -239,7 +281,7 @@ def main(argv=None):
     if argv is None:
         from ..cli_errors import run_cli
 
-        return run_cli("atr-search", main)
+        return run_cli("atr-search", main, names={"out_dir": "--index-dir", "AudioIndex.build": "`atr-search build`"})
     argv = list(argv)
     command = {"build": _build, "serve": _serve, "space": _space, "export": _export}.get(argv[0] if argv else None, None)
     return command(argv[1:]) if command else _search(argv)
