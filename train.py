@@ -1,5 +1,6 @@
 """Train an atr model: `accelerate launch train.py --config configs/X.yaml [--flag value ...]`; no arguments = configs/demo.yaml."""
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -25,11 +26,20 @@ logger = logging.getLogger("atr.train")
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MERGED = ": updates the config file's block key by key (null clears it); unknown keys are refused."
+USAGE = "train.py [--config FILE.yaml] [--flag VALUE ...]   (on GPUs: accelerate launch train.py ...)"
+DESCRIPTION = (
+    "Train an atr audio-text retrieval model and save it, with its processor and model card, to --output_dir. A YAML "
+    "file (--config, default configs/demo.yaml: offline, CPU, a few minutes) gives every setting; the flags below "
+    "override it, and the JSON blocks (--model_config, ...) update its blocks key by key. Every flag takes --a_b and "
+    "--a-b. atr's own flags come first, then transformers' TrainingArguments. See README.md and docs/data.md."
+)
 
 
 @dataclass
 class ModelArguments:
     """Which model to train: a trained atr model to continue, or pretrained / from-scratch backbones plus head settings."""
+
+    _argument_group_name = "model: a trained atr model, or the backbones and head settings"
 
     model_name_or_path: str | None = field(default=None, metadata={"help": "A trained atr model (dir or Hub id) to fine-tune."})
     audio_backbone: str | None = field(default=None, metadata={"help": "CLAP or Whisper checkpoint (Hub id or path)."})
@@ -48,6 +58,8 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     """Where the audio-caption pairs come from and how training audio is augmented."""
+
+    _argument_group_name = "data: the audio-caption pairs and training-time noise"
 
     dataset: str = field(default="synthetic", metadata={"help": "'synthetic', a Hub dataset id, an audiofolder dir or a CSV/JSONL manifest."})
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset config name."})
@@ -85,6 +97,8 @@ class DataArguments:
 class RunArguments:
     """What to do around training: overwrite protection and the final evaluation."""
 
+    _argument_group_name = "run: overwrite protection, final evaluation, hyperparameter search"
+
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing over a model already saved in output_dir."})
     evaluate_test: bool = field(default=True, metadata={"help": "Evaluate the test split at the end and write the numbers into the card."})
     hp_search: int = field(
@@ -102,6 +116,9 @@ class RunArguments:
 
 def split_config(argv):
     """(the `--config` path, default configs/demo.yaml, and the other arguments)."""
+    given = [arg for arg in argv if arg.startswith("--config=")]
+    if given:  # --config=FILE.yaml
+        return given[0].split("=", 1)[1], [arg for arg in argv if arg != given[0]]
     if "--config" not in argv:
         return DEFAULT_CONFIG, list(argv)
     index = argv.index("--config")
@@ -113,9 +130,26 @@ def parse_args(argv):
     return parse_settings(argv)[0]
 
 
+def help_ordered_parser():
+    """The flags' parser: --help shows the description and --config, atr's groups, then TrainingArguments; a bad flag is one line."""
+    from atr.cli_errors import one_line_errors
+
+    parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments), prog="train.py", usage=USAGE,
+                              description=DESCRIPTION, add_help=False)
+    start = parser.add_argument_group("start here")
+    start.add_argument("-h", "--help", action="help", help="show this help and exit")
+    # read before parsing (split_config), listed here for --help only
+    start.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE.yaml",
+                       help=f"YAML file of settings; the flags override it (default: {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[1])})")
+    parser._optionals.title = "training arguments (transformers.TrainingArguments)"
+    groups = parser._action_groups
+    parser._action_groups = [start, *(g for g in groups if g not in (start, parser._optionals)), parser._optionals]
+    return one_line_errors(parser, "train.py")
+
+
 def parse_settings(argv):
     """(the four argument dataclasses, the settings that differ from the config file's, as 'name: file -> effective')."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments))
+    parser = help_ordered_parser()
     # Batches of clips with similar chunk counts: one long file no longer pads a whole batch to its length.
     parser.set_defaults(train_sampling_strategy="group_by_length")
     config_path, argv = split_config(argv)
