@@ -22,7 +22,10 @@ def cases(tmp, tiny_text):
     (tmp / "a-file").write_text("")
     train = ["train.py", "--config", TINY, "--text_backbone", tiny_text, "--output_dir", str(tmp / "out"), "--max_steps", "1"]
     search = ["-m", "atr.search"]
+    (tmp / "done").mkdir()
+    (tmp / "done" / "results.json").write_text("{}")
     return {
+        "train: misspelled flag": ([*train, "--lerning_rate", "1e-4"], "--learning_rate"),
         "train: unknown model_config key": ([*train, "--model_config", '{"lamda_l1": 0.5}'], "'lamda_l1'"),
         "train: missing dataset folder": ([*train, "--dataset", str(tmp / "no-such-folder")], "no-such-folder"),
         "train: corrupt audio file": ([*train, "--dataset", str(tmp / "manifest.csv")], "bad.wav"),
@@ -31,11 +34,18 @@ def cases(tmp, tiny_text):
                                          "--model", "m"], "a-file"),
         "search: model that cannot load": ([*search, "serve", "--index-dir", str(tmp / "idx"), "--model", str(tmp / "no-model")],
                                            "no-model"),
+        "search: misspelled flag": ([*search, "build", "--audio-dri", str(tmp / "audio")], "--audio-dir"),
+        "evaluate: missing --compare file": (["evaluate.py", "--compare", str(tmp / "a.json"), str(tmp / "b.json")], "a.json"),
+        "evaluate: results already there": (["evaluate.py", "--model", "m", "--output-dir", str(tmp / "done")], "--overwrite"),
+        "evaluate: misspelled flag": (["evaluate.py", "--skip_bad_audoi"], "--skip_bad_audio"),
+        "prepare: a folder it did not start": (["-m", "atr.prepare", "clotho", str(tmp / "audio")], "not empty"),
     }
 
 
 NAMES = ["train: unknown model_config key", "train: missing dataset folder", "train: corrupt audio file",
-         "search: missing audio folder", "search: index-dir is a file", "search: model that cannot load"]
+         "search: missing audio folder", "search: index-dir is a file", "search: model that cannot load",
+         "train: misspelled flag", "search: misspelled flag", "evaluate: missing --compare file", "evaluate: results already there",
+         "evaluate: misspelled flag", "prepare: a folder it did not start"]
 
 
 @pytest.mark.parametrize("name", NAMES)
