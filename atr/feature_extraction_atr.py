@@ -8,14 +8,15 @@ from transformers import ClapFeatureExtractor, WhisperFeatureExtractor
 from transformers.audio_utils import power_to_db, window_function
 from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 from transformers.feature_extraction_utils import BatchFeature
+from transformers.utils import logging
 
+logger = logging.get_logger(__name__)
 # Per-backbone defaults: those of the backbone's own feature extractor, so pretrained encoders see their features.
 BACKBONE_DEFAULTS = {
     "clap": {"sampling_rate": 48_000, "feature_size": 64, "hop_length": 480, "n_fft": 1024, "window_s": 10.0},
     "whisper": {"sampling_rate": 16_000, "feature_size": 80, "hop_length": 160, "n_fft": 400, "window_s": 30.0},
 }
-# Energy of a digitally silent frame is 0; this keeps its dB finite (-200 dB, far below any floor).
-_ENERGY_EPS = 1e-20
+_ENERGY_EPS = 1e-20  # a digitally silent frame's energy is 0: this keeps its dB finite (-200 dB, far below any floor)
 
 
 class _ClapChunkFeatures(ClapFeatureExtractor):
@@ -90,10 +91,8 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
         self.feature_batch_size = int(feature_batch_size)
         window = self.window_s * sampling_rate
         if window < 1 or abs(window - round(window)) > 1e-6:
-            raise ValueError(
-                f"window_s={self.window_s} is {window} samples at {sampling_rate} Hz: pick a window_s that is a whole "
-                "number of samples"
-            )
+            raise ValueError(f"window_s={self.window_s} is {window} samples at {sampling_rate} Hz: pick a window_s that is a "
+                             "whole number of samples")
         self._backbone_extractor = self._build_backbone_extractor()
 
     def _build_backbone_extractor(self):
@@ -110,10 +109,8 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
                 truncation=self.truncation, padding="repeatpad",
             )
         if window % self.hop_length:
-            raise ValueError(
-                f"window_s={self.window_s} ({window} samples) is not a multiple of hop_length={self.hop_length}: "
-                "Whisper needs a whole number of frames per window"
-            )
+            raise ValueError(f"window_s={self.window_s} ({window} samples) is not a multiple of hop_length={self.hop_length}: "
+                             "Whisper needs a whole number of frames per window")
         return WhisperFeatureExtractor(
             feature_size=self.feature_size, sampling_rate=self.sampling_rate, hop_length=self.hop_length,
             chunk_length=length_s, n_fft=self.n_fft, padding_value=self.padding_value,
@@ -262,6 +259,9 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
         """Sample ranges (start, end) of one mono clip that survive silence dropping, in order; never empty."""
         db, frame = self._frame_db(audio, index)
         silent = (db < db.max() - self.silence_threshold_db) | (db < self.silence_floor_db)
+        if silent.all():  # still embedded, but whoever reads its scores should know
+            logger.warning_once("a clip is silent throughout: it is embedded from silence, so its similarities and zero-shot "
+                                "scores (a softmax over the labels, e.g. 'speech' 0.99) say nothing about what it holds")
         edges = np.flatnonzero(np.diff(np.concatenate(([0], silent.astype(np.int8), [0]))))
         starts, ends = edges[0::2] * frame, np.minimum(edges[1::2] * frame, audio.size)
         long = (ends - starts) > self.min_silence_s * self.sampling_rate
@@ -274,8 +274,7 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
         keep_to = np.concatenate((drop_from, [audio.size]))
         kept = keep_to > keep_from
         segments = np.stack([keep_from[kept], keep_to[kept]], axis=1)
-        if len(segments) == 0:
-            # An all-silent clip still needs one chunk for the model to embed.
+        if len(segments) == 0:  # an all-silent clip still needs one chunk for the model to embed
             segments = np.array([[0, min(audio.size, self.window_samples)]])
         return segments
 

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Callable
 import datasets
 
 from ..embedding import module_fingerprint
+
+logger = logging.getLogger(__name__)
 
 # Extensions libsndfile decodes; anything else in a folder is skipped.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au", ".opus")
@@ -45,10 +48,13 @@ def collect_items(audio, audio_column=None):
     """The `Source` of a folder (recursive, hidden files left out, names relative to it), a list of paths or a Dataset."""
     if isinstance(audio, (str, os.PathLike)) and Path(audio).is_dir():
         root = Path(audio).resolve()
-        names = sorted(
-            p.relative_to(root).as_posix() for p in root.rglob("*")
-            if p.suffix.lower() in AUDIO_EXTENSIONS and not is_hidden(p.relative_to(root)) and p.is_file()
-        )
+        found = [p for p in root.rglob("*") if not is_hidden(p.relative_to(root))]
+        names = sorted(p.relative_to(root).as_posix() for p in found if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+        for link in (p for p in found if p.is_symlink() and not p.is_file()):
+            if link.is_dir():
+                logger.warning("skipped %s: a link to a folder, which is not followed (index that folder itself)", link)
+            elif link.suffix.lower() in AUDIO_EXTENSIONS:
+                logger.warning("skipped %s: a symlink loop or a link to nothing (%s)", link, os.readlink(link))
         if not names:
             raise ValueError(f"folder {str(audio)!r} has no audio files ({', '.join(AUDIO_EXTENSIONS)})")
         return Source([_stat_item(n, root / n) for n in names], lambda item: str(root / item["name"]), root)
