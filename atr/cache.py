@@ -141,6 +141,8 @@ def _write(directory: Path, features: Features, rows, meta: dict, total: int | N
     with FileLock(str(directory.parent / f"{directory.name}.lock")):
         if (found := _cached(directory)) is not None:  # built by another process while this one waited
             return found
+        for stale in directory.parent.glob(f"{directory.name}.tmp-*"):  # left by a killed build: the lock says none runs
+            shutil.rmtree(stale, ignore_errors=True)
         if directory.exists():
             raise ValueError(f"encoder cache folder {directory} exists but is incomplete (no {META_FILE} or {DATA_FILE}): "
                              "delete it to rebuild the cache")

@@ -1,4 +1,4 @@
-"""Claim (d), ablation: the full method vs cross-modal attention off, and each loss term removed in turn.
+"""Claim (d), ablation: the full method vs cross-modal attention off, each loss term removed in turn, and contrastive only.
 
 Each variant is one `train.py` run per seed on the frozen study encoder with `--cache_encoder_outputs`, the same
 samples seen and batch size; test mAP@10 and R@1 in both directions, mean and standard deviation over seeds.
@@ -19,6 +19,7 @@ VARIANTS = {
     "no cosine term": {"lambda_cosine": 0.0},
     "no L1 term": {"lambda_l1": 0.0},
     "no contrastive term": {"lambda_contrastive": 0.0},
+    "contrastive only": {"lambda_cosine": 0.0, "lambda_l1": 0.0, "cross_modal_attention": False},
 }
 
 

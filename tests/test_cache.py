@@ -1,6 +1,7 @@
 """Frozen-encoder output cache: same loss as the uncached path, cache contents, invalidation, and train.py end to end."""
 
 import pickle
+import shutil
 import sys
 from pathlib import Path
 
@@ -248,3 +249,15 @@ def test_a_clean_only_audio_cache_is_shared_by_every_seed(setup):
     # Without noisy views the stored states do not depend on the seed, so seeds 1 and 2 reuse seed 0's build.
     assert audio_cache_fingerprint(model, processor, dataset, 0, 0) == audio_cache_fingerprint(model, processor, dataset, 0, 1)
     assert audio_cache_fingerprint(model, processor, dataset, 2, 0, NOISE) != audio_cache_fingerprint(model, processor, dataset, 2, 1, NOISE)
+
+
+def test_a_killed_builds_temporary_folder_is_removed_by_the_next_build(setup, tmp_path):
+    model, processor, dataset = setup
+    cache = build_text_cache(model, processor, dataset, tmp_path)
+    folder = Path(cache.cache_files[0]["filename"]).parent
+    shutil.rmtree(folder)
+    stale = tmp_path / f"{folder.name}.tmp-killed"  # what a SIGKILL mid-build leaves (its except clause never ran)
+    stale.mkdir()
+    (stale / "data.arrow").write_bytes(b"partial")
+    build_text_cache(model, processor, dataset, tmp_path)
+    assert not stale.exists() and not list(tmp_path.glob("*.tmp-*"))
