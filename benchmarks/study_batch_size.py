@@ -1,7 +1,8 @@
 """Claim (a), batch-size robustness: hybrid loss vs contrastive only (λ_cos = λ_L1 = 0) at batch sizes 4, 8, 32 and 128.
 
 Each setting is one `train.py` run on the frozen study encoder with `--cache_encoder_outputs`; every run sees the same
-number of training pairs (`--samples_seen`), so batch 4 takes 32x the steps of batch 128. Test mAP@10 and R@1 in both
+number of training pairs (`--samples_seen`), so batch 4 takes 32x the steps of batch 128; with `--equal_steps N` every run
+takes N steps instead (equal pairs seen confounds batch size with step count). Test mAP@10 and R@1 in both
 directions (train.py's final test evaluation), mean and standard deviation over seeds.
 
 python benchmarks/study_batch_size.py [--batch_sizes 4,8,32,128] [--seeds 0,1,2] [--samples_seen 2400] [--dataset ...]
@@ -39,6 +40,8 @@ def main(argv=None):
     """One train.py run per loss, batch size and seed; write the table and plot."""
     parser = _study.study_parser(__doc__, NAME)
     parser.add_argument("--batch_sizes", default="4,8,32,128")
+    parser.add_argument("--equal_steps", type=int, default=None,
+                        help="every run takes this many steps (larger batches see more pairs) instead of equal --samples_seen")
     args = parser.parse_args(argv)
     started = _study.setup(args)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -48,7 +51,8 @@ def main(argv=None):
         for batch_size in batch_sizes:
             for seed in _study.parse_seeds(args.seeds):
                 output_dir = Path(args.output_dir) / "runs" / f"{loss.replace(' ', '_')}-b{batch_size}-seed{seed}"
-                run = _study.train_run(args, output_dir, seed, batch_size=batch_size, model_config=overrides, keep_model=False)
+                steps = ("--max_steps", str(args.equal_steps)) if args.equal_steps else ()  # the last --max_steps wins
+                run = _study.train_run(args, output_dir, seed, batch_size=batch_size, model_config=overrides, train_flags=steps, keep_model=False)
                 runs.append({"loss": loss, **run})
                 _study.logger.info("%s batch %d seed %d: t2a mAP@10 %.3f a2t mAP@10 %.3f (%.0f s)", loss, batch_size, seed,
                                    run["metrics"]["t2a_mAP10"], run["metrics"]["a2t_mAP10"], run["seconds"])

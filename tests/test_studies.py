@@ -67,6 +67,11 @@ def test_batch_size_study_runs_both_losses_at_each_batch_size(study_args):
     assert all(h["lambda_cosine"] == 0 and h["lambda_l1"] == 0 and h["lambda_contrastive"] == 1 for h in contrastive)
 
 
+def test_batch_size_study_at_equal_steps(study_args):
+    _, results, _ = run_study("study_batch_size", study_args, ["--batch_sizes", "4,8", "--equal_steps", "2", "--overwrite"])
+    assert {(r["batch_size"], r["steps"]) for r in results["runs"]} == {(4, 2), (8, 2)}
+
+
 def test_ablation_study_runs_every_variant(study_args):
     rows, results, _ = run_study("study_ablation", study_args)
     assert [r["variant"] for r in rows] == list(__import__("study_ablation").VARIANTS)
