@@ -1,4 +1,4 @@
-"""Train an atr model: `accelerate launch train.py --config configs/X.yaml [--flag value ...]`; no arguments = configs/demo.yaml."""
+"""Train an atr model: `accelerate launch train.py --config configs/X.yaml [--flag value ...]`; no arguments = configs/pretrained.yaml."""
 
 import argparse
 import dataclasses
@@ -23,13 +23,13 @@ from atr.splits import load_splits
 from atr.trainer import AtrTrainer, last_complete_checkpoint
 
 logger = logging.getLogger("atr.train")
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "pretrained.yaml"
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MERGED = ": updates the config file's block key by key (null clears it); unknown keys are refused."
 USAGE = "train.py [--config FILE.yaml] [--flag VALUE ...]   (on GPUs: accelerate launch train.py ...)"
 DESCRIPTION = (
     "Train an atr audio-text retrieval model and save it, with its processor and model card, to --output_dir. A YAML "
-    "file (--config, default configs/demo.yaml: offline, CPU, a few minutes) gives every setting; the flags below "
+    "file (--config, default configs/pretrained.yaml: frozen pretrained encoders, offline, CPU, about 5 minutes) gives every setting; the flags below "
     "override it, and the JSON blocks (--model_config, ...) update its blocks key by key. Every flag takes --a_b and "
     "--a-b. atr's own flags come first, then transformers' TrainingArguments. See README.md and docs/data.md."
 )
@@ -115,7 +115,7 @@ class RunArguments:
 
 
 def split_config(argv):
-    """(the `--config` path, default configs/demo.yaml, and the other arguments)."""
+    """(the `--config` path, default configs/pretrained.yaml, and the other arguments)."""
     given = [arg for arg in argv if arg.startswith("--config=")]
     if given:  # --config=FILE.yaml
         return given[0].split("=", 1)[1], [arg for arg in argv if arg != given[0]]
@@ -126,7 +126,7 @@ def split_config(argv):
 
 
 def parse_args(argv):
-    """Parse `--config file.yaml` (default: configs/demo.yaml) with CLI flags overriding it."""
+    """Parse `--config file.yaml` (default: configs/pretrained.yaml) with CLI flags overriding it."""
     return parse_settings(argv)[0]
 
 

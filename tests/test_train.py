@@ -89,10 +89,15 @@ def test_short_clips_train_with_the_short_clip_config_unless_told_not_to(tmp_pat
     assert AutoProcessor.from_pretrained(out).feature_extractor.window_s == 5
 
 
-def test_demo_config_names_the_short_clip_config_beside_it():
+def test_each_config_names_the_short_clip_config_beside_it():
     run_args = train.parse_args(["--config", str(ROOT / "configs" / "demo.yaml")])[2]
     assert run_args.short_clip_config == str(ROOT / "configs" / "short_clips.yaml")
-    assert train.parse_args([])[2].short_clip_config == run_args.short_clip_config  # no --config: the demo
+    # no --config: the paper's regime, whose short clips keep the pretrained encoder with shorter windows
+    model_args, _, run_args = train.parse_args([])[:3]
+    assert run_args.short_clip_config == str(ROOT / "configs" / "pretrained_short_clips.yaml")
+    assert model_args.audio_backbone == "openai/whisper-tiny.en"
+    short = train.parse_args(["--config", run_args.short_clip_config])[0]
+    assert short.audio_backbone == "openai/whisper-tiny.en" and '"max_source_positions": 125' in short.audio_config_overrides
 
 
 def test_corrupt_file_stops_training_unless_skipped(tmp_path, tiny_text, caplog):
