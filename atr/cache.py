@@ -148,7 +148,7 @@ def _write(directory: Path, features: Features, rows, meta: dict, total: int | N
                              "delete it to rebuild the cache")
         tmp = Path(tempfile.mkdtemp(prefix=f"{directory.name}.tmp-", dir=directory.parent))
         try:
-            with ArrowWriter(features=features, path=str(tmp / DATA_FILE)) as writer:
+            with ArrowWriter(features=features, path=str(tmp / DATA_FILE), writer_batch_size=64) as writer:  # not 1000 rows held
                 # minutes on real data: a bar says how far the build is (rows = captions, or clips x views)
                 for row in tqdm(rows, total=total, desc=f"building the {meta['kind']} encoder cache", unit=" rows"):
                     writer.write(row)
