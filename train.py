@@ -29,7 +29,7 @@ MERGED = ": updates the config file's block key by key (null clears it); unknown
 USAGE = "train.py [--config FILE.yaml] [--flag VALUE ...]   (on GPUs: accelerate launch train.py ...)"
 DESCRIPTION = (
     "Train an atr audio-text retrieval model and save it, with its processor and model card, to --output_dir. A YAML "
-    "file (--config, default configs/pretrained.yaml: frozen pretrained encoders, offline, CPU, about 5 minutes) gives every setting; the flags below "
+    "file (--config, default configs/pretrained.yaml: offline, CPU, about 5 minutes) gives every setting; the flags below "
     "override it, and the JSON blocks (--model_config, ...) update its blocks key by key. Every flag takes --a_b and "
     "--a-b. atr's own flags come first, then transformers' TrainingArguments. See README.md and docs/data.md."
 )
