@@ -101,7 +101,8 @@ class AtrTrainer(Trainer):
     def _save(self, output_dir=None, state_dict=None):
         """Save as Trainer does, plus the Inference Endpoints handler: every saved model folder can be deployed."""
         super()._save(output_dir, state_dict)
-        write_endpoint_handler(output_dir or self.args.output_dir)
+        if self.args.should_save:  # the main process only: the others never create the folder
+            write_endpoint_handler(output_dir or self.args.output_dir)
 
     def _get_train_sampler(self, train_dataset=None):
         """Trainer's sampler; its length-grouped one (unseeded in transformers) reseeded per epoch for exact resumes."""
