@@ -160,11 +160,10 @@ def _json(value):
     return json.loads(value) if isinstance(value, str) else (value or {})
 
 
-def backbone_feature_extractor(model_args, audio_config):
-    """The extractor of a pretrained audio backbone's own preprocessor config, else one derived from the audio config."""
+def backbone_feature_extractor(model_args, audio_config, audio_path=None):
+    """The extractor of the pretrained audio backbone at `audio_path` (its preprocessor config), else one from the audio config."""
     overrides = _json(model_args.feature_extractor_config)
-    if model_args.audio_backbone:
-        audio_path = resolve_backbone(model_args.audio_backbone)
+    if audio_path:
         try:  # a CLAP/Whisper checkpoint's preprocessor_config.json: mel scale, range, rate, fused or not
             extractor = AtrFeatureExtractor.from_pretrained_backbone(audio_path, **overrides)
         except OSError:
@@ -182,11 +181,13 @@ def build_model_and_processor(model_args):
     if model_args.model_name_or_path:
         model = AtrModel.from_pretrained(model_args.model_name_or_path, **_json(model_args.model_config))
         return model, AutoProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
+    # resolved once (a faster-whisper folder is hashed to find its conversion); the config keeps the names given, below
     text_path = resolve_backbone(model_args.text_backbone)
+    audio_path = resolve_backbone(model_args.audio_backbone) if model_args.audio_backbone else None
     head = _json(model_args.model_config)
-    if model_args.audio_backbone:
+    if audio_path:
         model = AtrModel.from_pretrained_backbones(
-            audio=model_args.audio_backbone, text=model_args.text_backbone, audio_config_overrides=_json(model_args.audio_config_overrides), **head
+            audio=audio_path, text=text_path, audio_config_overrides=_json(model_args.audio_config_overrides), **head
         )
     elif model_args.audio_encoder_config:
         from transformers import AutoConfig, AutoModel
@@ -201,7 +202,7 @@ def build_model_and_processor(model_args):
     model.config.text_backbone_id = model_args.text_backbone
     if model_args.audio_backbone:
         model.config.audio_backbone_id = model_args.audio_backbone
-    feature_extractor = backbone_feature_extractor(model_args, model.config.audio_config)
+    feature_extractor = backbone_feature_extractor(model_args, model.config.audio_config, audio_path)
     processor = AtrProcessor(feature_extractor, AutoTokenizer.from_pretrained(text_path, trust_remote_code=model_args.trust_remote_code))
     return model, processor
 
