@@ -74,16 +74,4 @@ def resolve_backbone(name: str | os.PathLike) -> str:
     return str(converted_whisper(folders[0], parts))
 
 
-def backbone_hub_id(name: str | os.PathLike | None) -> str | None:
-    """The Hub id a backbone name stands for: itself for a Hub id, the packaged model's id for its package's folder."""
-    if name is None:
-        return None
-    name = str(name)
-    for hub_id in PACKAGED_BACKBONES:
-        folders = packaged_folders(hub_id)
-        if name == hub_id or (folders and Path(name) in folders):
-            return hub_id
-    return name
-
-
-__all__ = ["PACKAGED_BACKBONES", "backbone_hub_id", "hub_reachable", "packaged_folders", "resolve_backbone"]
+__all__ = ["PACKAGED_BACKBONES", "hub_reachable", "packaged_folders", "resolve_backbone"]
