@@ -6,7 +6,7 @@ come from the trial, trains it as `train.py` would, and is scored on the validat
 
 from __future__ import annotations
 
-LOSS_WEIGHTS = ("lambda_cosine", "lambda_l1", "lambda_contrastive")
+from .loss_atr import LOSS_WEIGHTS
 
 
 def hp_space(trial) -> dict:

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from transformers import ClapAudioModel, WhisperModel
@@ -237,20 +236,6 @@ def masked_max(tokens, mask):
     return tokens.masked_fill(~mask, torch.finfo(tokens.dtype).min).max(1).values * mask.any(1)
 
 
-def gather_with_grad(tensor):
-    """Concatenate `tensor` from every process along dim 0, keeping gradients; this process's rows stay local."""
-    from torch.distributed.nn.functional import all_gather
-
-    sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([tensor.shape[0]], device=tensor.device))
-    if len({int(s) for s in sizes}) > 1:
-        raise ValueError(
-            f"per-process batch sizes differ ({[int(s) for s in sizes]}): contrastive negatives can only be gathered "
-            "from equal batches; set dataloader_drop_last=True"
-        )
-    return torch.cat(all_gather(tensor.contiguous()))
-
-
 def check_transformers_kwargs(method, kwargs, output_attentions=None, output_hidden_states=None):
     """Refuse keyword arguments AtrModel does not know, and the output flags it cannot honour, naming them."""
     # transformers passes these flags to every model; anything else is a typo that would otherwise do nothing.
@@ -261,19 +246,6 @@ def check_transformers_kwargs(method, kwargs, output_attentions=None, output_hid
             f"AtrModel.{method} does not return attentions or hidden states: call get_audio_encoder_states / "
             "get_text_encoder_states for the encoders' token states"
         )
-
-
-def contrastive_loss(audio_embeds, text_embeds, scale, gather_negatives=True):
-    """Symmetric InfoNCE; in distributed training the negatives come from every process (local rows, global columns)."""
-    offset = 0
-    all_audio, all_text = audio_embeds, text_embeds
-    if gather_negatives and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        all_audio, all_text = gather_with_grad(audio_embeds), gather_with_grad(text_embeds)
-        offset = dist.get_rank() * audio_embeds.shape[0]
-    labels = torch.arange(audio_embeds.shape[0], device=audio_embeds.device) + offset
-    loss_audio = F.cross_entropy(scale * audio_embeds @ all_text.t(), labels)
-    loss_text = F.cross_entropy(scale * text_embeds @ all_audio.t(), labels)
-    return (loss_audio + loss_text) / 2
 
 
 def one_of(raw_name, raw, states_name, states, required=True):

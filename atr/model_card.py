@@ -7,6 +7,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .loss_atr import loss_formula
 from .model_card_template import CITATION, TEMPLATE, USAGE
 from .pretrained import PACKAGED_BACKBONES
 
@@ -143,11 +144,7 @@ def _architecture(config) -> str:
 
 def _loss(config) -> str:
     return (
-        "```\n"
-        f"loss = {config.lambda_cosine:g} * mean_i(1 - cos(a~_i, t~_i))\n"
-        f"     + {config.lambda_l1:g} * mean_(i,d) |a~_id - t~_id|\n"
-        f"     + {config.lambda_contrastive:g} * (CE(s * A T^T, diag) + CE(s * T A^T, diag)) / 2\n"
-        "```\n\n"
+        f"```\n{loss_formula(config)}\n```\n\n"
         "A, T are the inference audio and text embeddings of a batch (symmetric InfoNCE, negatives gathered across"
         " processes in distributed training); a~_i, t~_i are the L2-normalised training-only pair embeddings of"
         " bidirectional cross-modal attention: a~_i mixes only clip i's audio token values, the caption choosing where"

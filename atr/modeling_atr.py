@@ -19,11 +19,11 @@ from .layers_atr import (
     AtrCrossModalAttention,
     AtrTransformerProjection,
     check_transformers_kwargs,
-    contrastive_loss,
     masked_max,
     masked_mean,
     one_of,
 )
+from .loss_atr import AtrHybridLoss
 
 
 @dataclass
@@ -31,9 +31,9 @@ class AtrOutput(ModelOutput):
     """Output of [`AtrModel.forward`]; field order makes `zero-shot-audio-classification` and `feature-extraction` work.
 
     `loss` is the hybrid loss (only with `return_loss=True`), `loss_contrastive`, `loss_cosine` and `loss_l1` its
-    unweighted terms, `logits_per_audio` (n_audio, n_text) and `logits_per_text` the scaled similarities,
-    `text_embeds` / `audio_embeds` the L2-normalised embeddings, `chunk_weights` (n_audio, n_chunks) how much each
-    chunk of a recording contributed to its embedding.
+    unweighted terms ([`AtrHybridLoss`]), `logits_per_audio` (n_audio, n_text) and `logits_per_text` the scaled
+    similarities, `text_embeds` / `audio_embeds` the L2-normalised embeddings, `chunk_weights` (n_audio, n_chunks) how
+    much each chunk of a recording contributed to its embedding.
     """
 
     loss: torch.FloatTensor | None = None
@@ -101,10 +101,9 @@ class AtrModel(AtrPreTrainedModel):
             self.text_to_audio = AtrCrossModalAttention(config.projection_dim, config.cross_modal_heads)
             self.audio_to_text = AtrCrossModalAttention(config.projection_dim, config.cross_modal_heads)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(config.logit_scale_init_value)))
+        self.hybrid_loss = AtrHybridLoss(config)
         self.post_init()
         self._apply_freezing()
-        # Multiplies lambda_cosine and lambda_l1; AtrTrainer ramps it during config.alignment_warmup_steps.
-        self.alignment_scale = 1.0
 
     def _frozen_encoders(self):
         return [e for e, frozen in ((self.audio_model, self.config.freeze_audio_encoder), (self.text_model, self.config.freeze_text_encoder)) if frozen]
@@ -279,18 +278,14 @@ class AtrModel(AtrPreTrainedModel):
     def forward(
         self, input_ids=None, attention_mask=None, token_type_ids=None, input_features=None, chunk_mask=None,
         audio_attention_mask=None, chunk_spans=None, return_loss=None, audio_hidden_states=None, text_hidden_states=None,
-        return_dict=None, output_attentions=None, output_hidden_states=None, **kwargs,
+        return_dict=None, output_attentions=None, output_hidden_states=None,
+        alignment_scale: float | None = None, **kwargs,
     ) -> AtrOutput:
         r"""Embed audio and/or text; with `return_loss=True` and both modalities, also compute the hybrid loss.
 
-        loss = lambda_cosine * mean_i(1 - cos(a~_i, t~_i)) + lambda_l1 * mean_{i,d} |a~_id - t~_id|
-               + lambda_contrastive * (CE(s * A T^T, diag) + CE(s * T A^T, diag)) / 2
-        where A, T are the L2-normalised inference embeddings (learned-query chunk pooling: no caption ever sees another
-        clip), s = exp(logit_scale) (clamped to logit_scale_max after each optimizer step), negatives are gathered
-        across processes when distributed, and a~_i, t~_i are the L2-normalised training-only pair embeddings of
-        bidirectional cross-modal attention: a~_i mixes only audio token values of clip i, the caption deciding where
-        to look (in each chunk, then across chunks); t~_i mixes only caption i's token values, the recording's
-        embedding deciding where to look. Neither can copy the other modality, so the alignment terms align.
+        The loss and its terms are [`AtrHybridLoss`]'s (its docstring has the formula), on the inference embeddings
+        and the training-only pair vectors of `pair_embeddings`. `alignment_scale` multiplies the alignment weights
+        (AtrTrainer passes its warm-up's, `hybrid_loss.warmup_scale(step)`); None is full weight.
 
         `audio_hidden_states` (B, C, L, H) with `chunk_mask`, and `text_hidden_states` (B, T, H) with `attention_mask`,
         replace `input_features` / `input_ids` by the frozen encoders' precomputed outputs (`atr.cache`): only the
@@ -304,7 +299,7 @@ class AtrModel(AtrPreTrainedModel):
             raise ValueError("forward needs input_features (audio), input_ids (text) or both")
         want_loss = bool(return_loss) and has_audio and has_text
         text_embeds = audio_embeds = chunk_weights = logits_per_audio = logits_per_text = None
-        loss = loss_contrastive = loss_cosine = loss_l1 = None
+        losses = {}
         if has_text:
             text_tokens, text_mask = self._encode_text_tokens(input_ids, attention_mask, token_type_ids, text_hidden_states)
             text_embeds = F.normalize(self._pool_text(text_tokens, text_mask), dim=-1)
@@ -328,18 +323,10 @@ class AtrModel(AtrPreTrainedModel):
             pair_audio, pair_text = self.pair_embeddings(
                 chunk_embeds, chunk_mask, audio_tokens, audio_token_mask, text_values, text_mask, audio_embeds, text_embeds
             )
-            pair_audio, pair_text = F.normalize(pair_audio, dim=-1), F.normalize(pair_text, dim=-1)
-            loss_cosine = (1 - (pair_audio * pair_text).sum(-1)).mean()
-            loss_l1 = (pair_audio - pair_text).abs().mean()
-            loss_contrastive = contrastive_loss(audio_embeds, text_embeds, scale, self.config.gather_negatives)
-            loss = (
-                self.alignment_scale * (self.config.lambda_cosine * loss_cosine + self.config.lambda_l1 * loss_l1)
-                + self.config.lambda_contrastive * loss_contrastive
-            )
+            losses = self.hybrid_loss(audio_embeds, text_embeds, pair_audio, pair_text, scale, alignment_scale)
         output = AtrOutput(
-            loss=loss, logits_per_audio=logits_per_audio, logits_per_text=logits_per_text, text_embeds=text_embeds,
-            audio_embeds=audio_embeds, chunk_weights=chunk_weights, loss_contrastive=loss_contrastive,
-            loss_cosine=loss_cosine, loss_l1=loss_l1,
+            logits_per_audio=logits_per_audio, logits_per_text=logits_per_text, text_embeds=text_embeds,
+            audio_embeds=audio_embeds, chunk_weights=chunk_weights, **losses,
         )
         return output if return_dict is not False else output.to_tuple()
 

@@ -12,9 +12,9 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .embedding import embed_dataset
+from .loss_atr import LOSS_TERMS
 from .metrics import audio_text_retrieval_metrics
 
-LOSS_TERMS = ("loss_contrastive", "loss_cosine", "loss_l1")
 logger = logging.getLogger(__name__)
 # Inference Endpoints run handler.py (atr/handler.py) and install requirements.txt from a model repo
 ENDPOINT_REQUIREMENTS = "soundfile\nsoxr\n"
@@ -117,11 +117,9 @@ class AtrTrainer(Trainer):
         return [n for n in super().get_decay_parameter_names(model) if not n.endswith(("logit_scale", "chunk_pooling.query"))]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Hybrid loss from the model's forward; its terms are accumulated for logging."""
-        unwrapped = self.accelerator.unwrap_model(model)
-        warmup = unwrapped.config.alignment_warmup_steps
-        unwrapped.alignment_scale = min(1.0, self.state.global_step / warmup) if warmup else 1.0
-        outputs = model(**{**inputs, "return_loss": True})
+        """Hybrid loss from the model's forward, its alignment weights warmed up by step; its terms are accumulated for logging."""
+        scale = self.accelerator.unwrap_model(model).hybrid_loss.warmup_scale(self.state.global_step)
+        outputs = model(**{**inputs, "return_loss": True, "alignment_scale": scale})
         if model.training:
             for term in LOSS_TERMS:
                 self._term_sums[term] += outputs[term].detach().float().item()

@@ -204,8 +204,7 @@ def test_tiny_model_overfits_16_pairs():
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     for step in range(200):
         model.train()
-        model.alignment_scale = min(1.0, step / 50)
-        loss = model(**inputs, return_loss=True).loss
+        loss = model(**inputs, return_loss=True, alignment_scale=min(1.0, step / 50)).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -230,8 +229,7 @@ def test_alignment_scale_weights_only_the_alignment_terms():
     inputs = {**text_inputs(3), "input_features": tiny_features(model.config, 3, 1), "return_loss": True}
     with torch.no_grad():
         full = model(**inputs)
-        model.alignment_scale = 0.25
-        ramped = model(**inputs)
+        ramped = model(**inputs, alignment_scale=0.25)
     torch.testing.assert_close(ramped.loss, full.loss_contrastive + 0.25 * (full.loss_cosine + full.loss_l1))
 
 
