@@ -46,7 +46,7 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(tensor.contiguous()))
 
 
-def contrastive_loss(audio_embeds: torch.Tensor, text_embeds: torch.Tensor, scale, gather_negatives: bool = True) -> torch.Tensor:
+def contrastive_loss(audio_embeds: torch.Tensor, text_embeds: torch.Tensor, scale: torch.Tensor | float, gather_negatives: bool = True) -> torch.Tensor:
     """Symmetric InfoNCE; in distributed training the negatives come from every process (local rows, global columns)."""
     offset = 0
     all_audio, all_text = audio_embeds, text_embeds
