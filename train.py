@@ -165,14 +165,10 @@ def backbone_feature_extractor(model_args, audio_config, audio_path=None):
     overrides = _json(model_args.feature_extractor_config)
     if audio_path:
         try:  # a CLAP/Whisper checkpoint's preprocessor_config.json: mel scale, range, rate, fused or not
-            extractor = AtrFeatureExtractor.from_pretrained_backbone(audio_path, **overrides)
+            # the window follows the encoder's config (Whisper's positions) unless overrides set window_s
+            return AtrFeatureExtractor.from_pretrained_backbone(audio_path, audio_config=audio_config, **overrides)
         except OSError:
             logger.warning("%s has no preprocessor config: using the feature settings its audio config implies", model_args.audio_backbone)
-        else:
-            if extractor.backbone == "whisper" and "window_s" not in overrides:  # the window follows the encoder's positions
-                window_s = 2 * audio_config.max_source_positions * extractor.hop_length / extractor.sampling_rate
-                extractor = AtrFeatureExtractor.from_pretrained_backbone(audio_path, **overrides, window_s=window_s)
-            return extractor
     return AtrFeatureExtractor.from_audio_config(audio_config, **overrides)
 
 

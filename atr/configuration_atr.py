@@ -3,8 +3,8 @@
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-# Audio backbones the model has an adapter for (modeling_atr.AUDIO_ADAPTERS), keyed by config model_type.
-SUPPORTED_AUDIO_MODEL_TYPES = ("clap_audio_model", "whisper")
+from .backbones_atr import DEFAULT_AUDIO_MODEL_TYPE, audio_backbone
+
 TEXT_POOLING_MODES = ("cls", "mean", "last_token")
 
 
@@ -13,7 +13,8 @@ class AtrConfig(PreTrainedConfig):
     Configuration of an [`AtrModel`]: a dual encoder for audio-text retrieval (arXiv 2604.23323).
 
     Args:
-        audio_config: `ClapAudioConfig` (HTSAT) or `WhisperConfig` (its encoder is used), or a dict of one.
+        audio_config: the config of a registered audio backbone family (`backbones_atr`: `ClapAudioConfig` for HTSAT,
+            `WhisperConfig` for its encoder), or a dict of one.
         text_config: any transformers text-encoder config (RoBERTa, BERT/MiniLM, Llama-style decoders).
         projection_dim: size of the shared embedding space.
         head_hidden_size: width of the transformer projection that refines each encoder's token sequence.
@@ -35,7 +36,7 @@ class AtrConfig(PreTrainedConfig):
 
     model_type = "atr"
     sub_configs_defaults = {
-        "audio_config": SubConfigSpec(config_class=AutoConfig, model_type="clap_audio_model"),
+        "audio_config": SubConfigSpec(config_class=AutoConfig, model_type=DEFAULT_AUDIO_MODEL_TYPE),
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="roberta"),
     }
 
@@ -64,12 +65,7 @@ class AtrConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        audio_type = getattr(self.audio_config, "model_type", None)
-        if audio_type not in SUPPORTED_AUDIO_MODEL_TYPES:
-            raise ValueError(
-                f"audio_config has model_type {audio_type!r}, expected one of {SUPPORTED_AUDIO_MODEL_TYPES}: "
-                "pass a ClapAudioConfig (HTSAT) or a WhisperConfig"
-            )
+        audio_backbone(getattr(self.audio_config, "model_type", None)).check_config(self.audio_config)
         if self.audio_token_pooling not in ("mean", "mean_max"):
             raise ValueError(f"audio_token_pooling is {self.audio_token_pooling!r}, expected 'mean' or 'mean_max'")
         if self.text_pooling not in TEXT_POOLING_MODES:

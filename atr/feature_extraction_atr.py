@@ -1,47 +1,25 @@
 """AtrFeatureExtractor: silence-aware chunking of long audio, then the audio backbone's own features per chunk."""
 
-import math
-
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
-from transformers import ClapFeatureExtractor, WhisperFeatureExtractor
-from transformers.audio_utils import power_to_db, window_function
 from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import logging
 
+from .backbones_atr import AUDIO_BACKBONES, audio_backbone, audio_backbone_named
+
 logger = logging.get_logger(__name__)
-# Per-backbone defaults: those of the backbone's own feature extractor, so pretrained encoders see their features.
-BACKBONE_DEFAULTS = {
-    "clap": {"sampling_rate": 48_000, "feature_size": 64, "hop_length": 480, "n_fft": 1024, "window_s": 10.0},
-    "whisper": {"sampling_rate": 16_000, "feature_size": 80, "hop_length": 160, "n_fft": 400, "window_s": 30.0},
-}
 _ENERGY_EPS = 1e-20  # a digitally silent frame's energy is 0: this keeps its dB finite (-200 dB, far below any floor)
-
-
-class _ClapChunkFeatures(ClapFeatureExtractor):
-    """`ClapFeatureExtractor` whose STFT runs over all frames at once instead of a Python loop over frames."""
-
-    def _np_extract_fbank_features(self, waveform, mel_filters=None):
-        """Log-mel (frames, mels), bit-identical to `transformers.audio_utils.spectrogram` as CLAP calls it."""
-        # Same steps and dtypes as `spectrogram(..., power=2.0, log_mel="dB")` (complex64 storage included), so the
-        # result is bit-identical (tests/test_feature_extraction.py checks it against the upstream extractor).
-        n_fft, half = self.fft_window_size, self.fft_window_size // 2
-        padded = np.pad(waveform, (half, half), mode="reflect").astype(np.float64)
-        hann = window_function(n_fft, "hann").astype(np.float64)
-        frames = sliding_window_view(padded, n_fft)[:: self.hop_length] * hann
-        power = np.abs(np.fft.rfft(frames).astype(np.complex64), dtype=np.float64) ** 2.0
-        mel = np.maximum(1e-10, np.dot(mel_filters.T, power.T))
-        return np.asarray(power_to_db(mel), np.float32).T
 
 
 class AtrFeatureExtractor(SequenceFeatureExtractor):
     r"""
     Cuts each clip into encoder-sized chunks after dropping long silences, and computes the audio backbone's features
-    per chunk (`ClapFeatureExtractor` for HTSAT, `WhisperFeatureExtractor` for Whisper).
+    per chunk, as its family's spec in `backbones_atr` says (`ClapFeatureExtractor` for HTSAT, `WhisperFeatureExtractor`
+    for Whisper).
 
     Args:
-        backbone: `"clap"` (HTSAT) or `"whisper"`; picks the per-chunk features and the defaults below.
+        backbone: a registered family's name, `"clap"` (HTSAT) or `"whisper"`; picks the per-chunk features and the
+            defaults below (the family's `feature_defaults`).
         sampling_rate: audio rate the backbone expects (48000 for CLAP, 16000 for Whisper). Other rates are refused.
         feature_size: mel bins (64 for CLAP, 80 for Whisper).
         window_s: chunk length in seconds, the encoder's window (10 for HTSAT, 30 for Whisper).
@@ -66,9 +44,7 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
         silence_floor_db=-80.0, min_silence_s=1.0, silence_margin_s=0.1, max_train_chunks=None, feature_batch_size=32,
         padding_value=0.0, **kwargs,
     ):
-        if backbone not in BACKBONE_DEFAULTS:
-            raise ValueError(f"backbone is {backbone!r}, expected one of {tuple(BACKBONE_DEFAULTS)}")
-        defaults = BACKBONE_DEFAULTS[backbone]
+        defaults = audio_backbone_named(backbone).feature_defaults
         sampling_rate = defaults["sampling_rate"] if sampling_rate is None else int(sampling_rate)
         feature_size = defaults["feature_size"] if feature_size is None else int(feature_size)
         kwargs.setdefault("return_attention_mask", False)
@@ -79,8 +55,6 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
         self.n_fft = int(defaults["n_fft"] if n_fft is None else n_fft)
         self.frequency_min = float(frequency_min)
         self.frequency_max = float(frequency_max)
-        if truncation not in ("rand_trunc", "fusion"):
-            raise ValueError(f"truncation is {truncation!r}, expected 'rand_trunc' (unfused CLAP) or 'fusion' (fused CLAP)")
         self.truncation = truncation
         self.silence_frame_s = float(silence_frame_s)
         self.silence_threshold_db = float(silence_threshold_db)
@@ -93,28 +67,17 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
         if window < 1 or abs(window - round(window)) > 1e-6:
             raise ValueError(f"window_s={self.window_s} is {window} samples at {sampling_rate} Hz: pick a window_s that is a "
                              "whole number of samples")
-        self._backbone_extractor = self._build_backbone_extractor()
+        self._backbone_extractor = self.spec.chunk_extractor(self)
 
-    def _build_backbone_extractor(self):
-        """The backbone's own feature extractor for one chunk (never serialised: the attributes above rebuild it)."""
-        window = self.window_samples
-        # An integral chunk_length keeps the backbone's sample counts integers.
-        length_s = int(self.window_s) if self.window_s.is_integer() else self.window_s
-        if self.backbone == "clap":
-            # Truncation only acts on clips longer than the window, which a chunk never is: no random crop remains.
-            return _ClapChunkFeatures(
-                feature_size=self.feature_size, sampling_rate=self.sampling_rate, hop_length=self.hop_length,
-                max_length_s=length_s, fft_window_size=self.n_fft, padding_value=self.padding_value,
-                frequency_min=self.frequency_min, frequency_max=self.frequency_max,
-                truncation=self.truncation, padding="repeatpad",
-            )
-        if window % self.hop_length:
-            raise ValueError(f"window_s={self.window_s} ({window} samples) is not a multiple of hop_length={self.hop_length}: "
-                             "Whisper needs a whole number of frames per window")
-        return WhisperFeatureExtractor(
-            feature_size=self.feature_size, sampling_rate=self.sampling_rate, hop_length=self.hop_length,
-            chunk_length=length_s, n_fft=self.n_fft, padding_value=self.padding_value,
-        )
+    @property
+    def spec(self):
+        """The backbone family's spec (`backbones_atr`): its per-chunk features and their shape."""
+        return audio_backbone_named(self.backbone)
+
+    @property
+    def backbone_extractor(self):
+        """The family's own per-chunk featuriser, rebuilt from this extractor's attributes (never serialised)."""
+        return self._backbone_extractor
 
     @property
     def window_samples(self):
@@ -124,77 +87,39 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
     @property
     def chunk_feature_shape(self):
         """Shape of one chunk's features: (1 or 4 with fusion, frames, mels) for CLAP, (mels, frames) for Whisper."""
-        if self.backbone == "clap":
-            return (4 if self.truncation == "fusion" else 1, self.window_samples // self.hop_length + 1, self.feature_size)
-        return (self.feature_size, self.window_samples // self.hop_length)
+        return tuple(self.spec.chunk_feature_shape(self))
 
     @property
     def frames_per_chunk(self):
         """Feature frames in one chunk: the last axis of `audio_attention_mask`."""
-        shape = self.chunk_feature_shape
-        return shape[1] if self.backbone == "clap" else shape[-1]
+        return self.chunk_feature_shape[self.spec.frame_axis]
 
     @classmethod
     def from_audio_config(cls, audio_config, **overrides):
-        """Build the extractor matching an audio backbone config (`ClapAudioConfig`, `WhisperConfig` or an `AtrConfig`)."""
+        """Build the extractor matching an audio backbone config (a registered family's, e.g. `WhisperConfig`, or an `AtrConfig`)."""
         audio_config = getattr(audio_config, "audio_config", None) or audio_config
-        model_type = getattr(audio_config, "model_type", None)
-        if model_type == "clap_audio_model":
-            kwargs = dict(backbone="clap", feature_size=audio_config.num_mel_bins)
-            kwargs.update(overrides)
-            sampling_rate = kwargs.get("sampling_rate") or BACKBONE_DEFAULTS["clap"]["sampling_rate"]
-            window = int(round((kwargs.get("window_s") or BACKBONE_DEFAULTS["clap"]["window_s"]) * sampling_rate))
-            # HTSAT folds the mel into a spec_size x spec_size image: more frames than fit would be cut off.
-            max_frames = audio_config.spec_size * (audio_config.spec_size // audio_config.num_mel_bins)
-            if "hop_length" not in kwargs:
-                hop = sampling_rate // 100
-                if window // hop + 1 > max_frames:
-                    hop = math.ceil(window / (max_frames - 1))
-                kwargs["hop_length"] = hop
-            return cls(**kwargs)
-        if model_type == "whisper":
-            sampling_rate = overrides.get("sampling_rate") or BACKBONE_DEFAULTS["whisper"]["sampling_rate"]
-            frames = 2 * audio_config.max_source_positions
-            kwargs = dict(backbone="whisper", feature_size=audio_config.num_mel_bins)
-            kwargs.update(overrides)
-            if kwargs.get("window_s") is None:
-                hop = kwargs.get("hop_length") or BACKBONE_DEFAULTS["whisper"]["hop_length"]
-                kwargs["window_s"] = frames * hop / sampling_rate
-            window = kwargs["window_s"] * sampling_rate
-            hop = window / frames
-            if abs(hop - round(hop)) > 1e-6:
-                raise ValueError(
-                    f"window_s={kwargs['window_s']} is {window:g} samples, which does not split into "
-                    f"2*max_source_positions={frames} whole frames: pick window_s so that window_s*{sampling_rate}/"
-                    f"{frames} is an integer (e.g. {frames * 160 / sampling_rate:g} s for hop 160)"
-                )
-            kwargs["hop_length"] = int(round(hop))
-            return cls(**kwargs)
-        raise ValueError(
-            f"audio_config has model_type {model_type!r}: pass a ClapAudioConfig, a WhisperConfig or an AtrConfig"
-        )
+        return cls(**audio_backbone(getattr(audio_config, "model_type", None)).extractor_kwargs(audio_config, overrides))
 
     @classmethod
-    def from_pretrained_backbone(cls, path, **overrides):
-        """Build the extractor from a CLAP or Whisper checkpoint's own preprocessor config (mel scale, range, rate, window)."""
+    def from_pretrained_backbone(cls, path, audio_config=None, **overrides):
+        """Build the extractor from a checkpoint's own preprocessor config (mel scale, range, rate, window).
+
+        With `audio_config` (the encoder's, after `audio_config_overrides`), a window the config changed (Whisper's
+        `max_source_positions`) is followed unless `overrides` sets `window_s`.
+        """
         from transformers import AutoFeatureExtractor
 
         source = AutoFeatureExtractor.from_pretrained(path)
-        if isinstance(source, ClapFeatureExtractor):
-            kwargs = dict(
-                backbone="clap", sampling_rate=source.sampling_rate, feature_size=source.feature_size,
-                hop_length=source.hop_length, n_fft=source.fft_window_size, frequency_min=source.frequency_min,
-                frequency_max=source.frequency_max, window_s=source.nb_max_samples / source.sampling_rate,
-                truncation=source.truncation,
-            )
-        elif isinstance(source, WhisperFeatureExtractor):
-            kwargs = dict(
-                backbone="whisper", sampling_rate=source.sampling_rate, feature_size=source.feature_size,
-                hop_length=source.hop_length, n_fft=source.n_fft, window_s=source.n_samples / source.sampling_rate,
-            )
+        for spec in AUDIO_BACKBONES.values():
+            kwargs = spec.pretrained_extractor_kwargs(source)
+            if kwargs is not None:
+                break
         else:
-            raise ValueError(f"audio backbone {path!r} has a {type(source).__name__}: expected a CLAP or Whisper feature extractor")
+            raise ValueError(f"audio backbone {path!r} has a {type(source).__name__}: expected the feature extractor of one of "
+                             f"{tuple(spec.name for spec in AUDIO_BACKBONES.values())}")
         kwargs.update(overrides)
+        if audio_config is not None and "window_s" not in overrides:
+            kwargs.update(spec.pretrained_window(kwargs, audio_config))
         return cls(**kwargs)
 
     def to_dict(self):
@@ -307,21 +232,9 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
         """The backbone's features (N, *chunk_feature_shape) float32 and frame mask (N, frames) of a list of 1-D chunks."""
         features, masks = [], []
         for i in range(0, len(chunks), self.feature_batch_size):
-            batch = chunks[i : i + self.feature_batch_size]
-            if self.backbone == "clap":
-                # CLAP's fusion mode draws from numpy's global RNG even when no chunk is long: keep the caller's stream.
-                state = np.random.get_state()
-                out = self._backbone_extractor(batch, sampling_rate=self.sampling_rate, max_length=self.window_samples)
-                np.random.set_state(state)
-                # repeat-padding fills the window with the chunk's own sound: every frame is real
-                mask = np.ones((len(batch), self.frames_per_chunk), dtype=np.int64)
-            else:
-                out = self._backbone_extractor(
-                    batch, sampling_rate=self.sampling_rate, max_length=self.window_samples, return_attention_mask=True
-                )
-                mask = np.asarray(out["attention_mask"], dtype=np.int64)
-            features.append(np.asarray(out["input_features"], dtype=np.float32))
-            masks.append(mask)
+            batch_features, batch_mask = self.spec.featurize(self, chunks[i : i + self.feature_batch_size])
+            features.append(batch_features)
+            masks.append(batch_mask)
         return np.concatenate(features), np.concatenate(masks)
 
     def __call__(self, raw_audio, sampling_rate=None, return_tensors=None, training=False, max_train_chunks=None, generator=None):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .backbones_atr import audio_backbone
 from .loss_atr import loss_formula
 from .model_card_template import CITATION, TEMPLATE, USAGE
 from .pretrained import PACKAGED_BACKBONES
@@ -120,8 +121,8 @@ def eval_tables(eval_results: Sequence[EvalResult]) -> str:
 
 def _architecture(config) -> str:
     audio = config.audio_config
-    audio_name = "HTSAT (transformers `ClapAudioModel`)" if audio.model_type == "clap_audio_model" else "Whisper encoder"
-    audio_width = getattr(audio, "hidden_size", None) or getattr(audio, "d_model", None)
+    spec = audio_backbone(audio.model_type)
+    audio_name, audio_width = spec.card_name or f"`{audio.model_type}`", spec.encoder_width(audio)
     text = config.text_config
     return "\n".join(
         [

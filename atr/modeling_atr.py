@@ -12,9 +12,9 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
+from .backbones_atr import audio_backbone, audio_backbone_for_checkpoint
 from .configuration_atr import AtrConfig
 from .layers_atr import (
-    AUDIO_ADAPTERS,
     AtrAttentionPooling,
     AtrCrossModalAttention,
     AtrTransformerProjection,
@@ -87,7 +87,7 @@ class AtrModel(AtrPreTrainedModel):
 
     def __init__(self, config: AtrConfig):
         super().__init__(config)
-        self.audio_model = AUDIO_ADAPTERS[config.audio_config.model_type](config.audio_config)
+        self.audio_model = audio_backbone(config.audio_config.model_type).adapter(config.audio_config)
         self.text_model = AutoModel.from_config(config.text_config)
         self._text_accepts_token_type_ids = "token_type_ids" in inspect.signature(self.text_model.forward).parameters
 
@@ -356,7 +356,7 @@ class AtrModel(AtrPreTrainedModel):
 
     @classmethod
     def from_pretrained_backbones(cls, audio, text, audio_config_overrides=None, return_processor=False, **config_overrides):
-        """Build a model around pretrained encoders given by Hub id or local path (CLAP/HTSAT or Whisper; any text AutoModel).
+        """Build a model around pretrained encoders given by Hub id or local path (a registered audio family's; any text AutoModel).
 
         `audio_config_overrides` changes the audio config before loading, e.g. `{"max_source_positions": 500}` for
         10 s Whisper windows (the sinusoidal positions are re-created; conv and attention weights load unchanged).
@@ -365,10 +365,7 @@ class AtrModel(AtrPreTrainedModel):
         """
         audio_path, text_path = cls.resolve_backbone(audio), cls.resolve_backbone(text)
         audio_type = AutoConfig.from_pretrained(audio_path).model_type
-        adapter_key = {"clap": "clap_audio_model", "whisper": "whisper"}.get(audio_type)
-        if adapter_key is None:
-            raise ValueError(f"audio backbone {audio!r} has model_type {audio_type!r}: use a CLAP (HTSAT) or Whisper checkpoint")
-        audio_encoder = AUDIO_ADAPTERS[adapter_key].load_backbone(audio_path, **(audio_config_overrides or {}))
+        audio_encoder = audio_backbone_for_checkpoint(audio_type, audio).load_backbone(audio_path, **(audio_config_overrides or {}))
         text_encoder = AutoModel.from_pretrained(text_path)
         config = AtrConfig(audio_config=audio_encoder.config, text_config=text_encoder.config, **config_overrides)
         config.audio_backbone_id, config.text_backbone_id = str(audio), str(text)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from .backbones_atr import audio_backbone
 from .configuration_atr import AtrConfig
 from .export import ONNX_MANIFEST
 from .modeling_atr import AtrAudioOutput
@@ -95,7 +96,8 @@ class AtrOnnxModel:
             raise ValueError("chunk_mask has a clip with no real chunk: every clip needs at least one chunk_mask=1 entry")
         feeds = {"chunk_features": features[real]}
         if "frame_mask" in self.audio_inputs:
-            frames = np.ones(features.shape[:2] + (features.shape[-2 if features.ndim == 5 else -1],), np.int64)
+            frame_axis = 2 + audio_backbone(self.config.audio_config.model_type).frame_axis  # after (batch, chunks)
+            frames = np.ones(features.shape[:2] + (features.shape[frame_axis],), np.int64)
             feeds["frame_mask"] = (frames if audio_attention_mask is None else _numpy(audio_attention_mask, np.int64))[real]
         elif audio_attention_mask is not None and not np.asarray(audio_attention_mask)[real].all():
             raise ValueError("audio_attention_mask marks padded frames, but this export's audio graph takes no frame mask: "

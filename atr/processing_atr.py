@@ -33,17 +33,14 @@ class AtrProcessor(ProcessorMixin):
     def from_pretrained_backbones(cls, audio, text, audio_config=None):
         """The audio checkpoint's own preprocessing (mel scale, range, rate) chunked by atr, and the text checkpoint's tokenizer.
 
-        For Whisper, the window follows `audio_config.max_source_positions` (which `audio_config_overrides` may change).
+        The window follows `audio_config` where it sets one (Whisper's `max_source_positions`, which
+        `audio_config_overrides` may change).
         """
         from transformers import AutoTokenizer
 
         from .feature_extraction_atr import AtrFeatureExtractor
 
-        extractor = AtrFeatureExtractor.from_pretrained_backbone(audio)
-        if extractor.backbone == "whisper" and audio_config is not None:
-            frames = 2 * audio_config.max_source_positions
-            extractor = AtrFeatureExtractor.from_pretrained_backbone(audio, window_s=frames * extractor.hop_length / extractor.sampling_rate)
-        return cls(extractor, AutoTokenizer.from_pretrained(text))
+        return cls(AtrFeatureExtractor.from_pretrained_backbone(audio, audio_config=audio_config), AutoTokenizer.from_pretrained(text))
 
     def __call__(self, text=None, audio=None, return_tensors=None, text_kwargs=None, audio_kwargs=None, **kwargs):
         """Tokenize `text` (a caption or a list) and/or chunk and featurise `audio` (a clip or a list) into one batch."""

@@ -34,9 +34,8 @@ def _refuse_unknown(keys, valid, where, fix):
 
 
 def block_keys(block) -> set[str]:
-    """The settings a JSON block may hold: AtrConfig fields, AtrFeatureExtractor arguments, CLAP/Whisper audio config fields."""
-    from transformers import ClapAudioConfig, WhisperConfig
-
+    """The settings a JSON block may hold: AtrConfig fields, AtrFeatureExtractor arguments, audio config fields of any family."""
+    from .backbones_atr import AUDIO_BACKBONES
     from .configuration_atr import AtrConfig
     from .feature_extraction_atr import AtrFeatureExtractor
 
@@ -44,8 +43,8 @@ def block_keys(block) -> set[str]:
         return {f.name for f in dataclasses.fields(AtrConfig)} - {"audio_config", "text_config"}
     if block == "feature_extractor_config":
         return set(inspect.signature(AtrFeatureExtractor.__init__).parameters) - {"self", "kwargs"}
-    # the backbone is only known once loaded: a key of either supported audio config family is accepted
-    return {f.name for config in (ClapAudioConfig, WhisperConfig) for f in dataclasses.fields(config)}
+    # the backbone is only known once loaded: a key of any registered audio config family is accepted
+    return {f.name for spec in AUDIO_BACKBONES.values() if spec.config_class for f in dataclasses.fields(spec.config_class)}
 
 
 def read_config(path, known) -> dict:

@@ -238,7 +238,7 @@ def test_clap_adapter_stretches_frames_as_htsat_does(fused):
     """In eval mode the adapter's one-matmul frame stretch gives HTSAT's own tokens (bicubic interpolation inside it)."""
     from transformers import ClapAudioConfig
 
-    from atr.layers_atr import ClapAudioAdapter, bicubic_stretch_matrix
+    from atr.backbone_clap import ClapAudioAdapter, bicubic_stretch_matrix
 
     torch.manual_seed(0)
     config = ClapAudioConfig(**{**tiny_clap_audio_config().to_dict(), "enable_fusion": fused})
@@ -257,7 +257,7 @@ def test_clap_adapter_stretches_frames_as_htsat_does(fused):
 
 
 def test_whisper_spec_augment_masks_real_frames_in_training_only():
-    from atr.layers_atr import WhisperAudioAdapter
+    from atr.backbone_whisper import WhisperAudioAdapter
 
     config = tiny_whisper_config()
     config.update(dict(apply_spec_augment=True, mask_time_prob=0.3, mask_time_length=4, mask_time_min_masks=1,

@@ -1,28 +1,22 @@
 """Tiny random backbones and tokenizers for tests (the configs transformers' own tests use); nothing is downloaded."""
 
 import torch
-from transformers import BertConfig, ClapAudioConfig, PreTrainedTokenizerFast, RobertaConfig, WhisperConfig
+from transformers import BertConfig, PreTrainedTokenizerFast, RobertaConfig
 
 from atr import AtrConfig
+from atr.backbones_atr import audio_backbone, audio_backbone_named
 
 WORDS = "a the dog bark siren bell rain engine bird knock beep then while after loud soft far near sound of this is".split()
 
 
 def tiny_clap_audio_config():
-    """HTSAT with 16 mels and a 64x64 spectrogram image: time frames must be <= 256."""
-    return ClapAudioConfig(
-        patch_size=2, num_mel_bins=16, window_size=4, spec_size=64, patch_stride=2, hidden_size=32,
-        patch_embeds_hidden_size=16, projection_dim=32, depths=[2, 2], num_hidden_layers=2, num_attention_heads=[2, 2],
-    )
+    """HTSAT with 16 mels and a 64x64 spectrogram image: time frames must be <= 256 (the clap spec's tiny config)."""
+    return audio_backbone_named("clap").tiny_config()
 
 
 def tiny_whisper_config():
-    """Whisper encoder with 80 mels and 100 frames (50 positions) per chunk."""
-    return WhisperConfig(
-        d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
-        encoder_ffn_dim=16, decoder_ffn_dim=16, max_source_positions=50, max_position_embeddings=20, num_mel_bins=80,
-        vocab_size=99, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
-    )
+    """Whisper encoder with 80 mels and 100 frames (50 positions) per chunk (the whisper spec's tiny config)."""
+    return audio_backbone_named("whisper").tiny_config()
 
 
 def tiny_roberta_config():
@@ -36,8 +30,8 @@ def tiny_bert_config():
 
 
 def tiny_atr_config(audio="clap", text="roberta", **overrides):
-    """An AtrConfig around tiny random backbones."""
-    audio_config = tiny_clap_audio_config() if audio == "clap" else tiny_whisper_config()
+    """An AtrConfig around tiny random backbones; `audio` names a registered audio backbone family."""
+    audio_config = audio_backbone_named(audio).tiny_config()
     text_config = tiny_roberta_config() if text == "roberta" else tiny_bert_config()
     kwargs = dict(projection_dim=16, head_hidden_size=32, head_heads=4, cross_modal_heads=4, head_dropout=0.0)
     kwargs.update(overrides)
@@ -47,11 +41,8 @@ def tiny_atr_config(audio="clap", text="roberta", **overrides):
 def tiny_features(config, batch, chunks, seed=0):
     """Random chunked input_features shaped for the config's audio backbone."""
     generator = torch.Generator().manual_seed(seed)
-    if config.audio_config.model_type == "whisper":
-        shape = (batch, chunks, config.audio_config.num_mel_bins, 2 * config.audio_config.max_source_positions)
-    else:
-        shape = (batch, chunks, 1, 64, config.audio_config.num_mel_bins)
-    return torch.randn(shape, generator=generator)
+    shape = audio_backbone(config.audio_config.model_type).tiny_feature_shape(config.audio_config)
+    return torch.randn((batch, chunks, *shape), generator=generator)
 
 
 def tiny_tokenizer():
