@@ -2,6 +2,7 @@
 
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoProcessor
 
+from .backbones_atr import AudioBackbone, register_audio_backbone, unregister_audio_backbone
 from .configuration_atr import AtrConfig
 from .feature_extraction_atr import AtrFeatureExtractor
 from .modeling_atr import AtrModel, AtrOutput
@@ -23,4 +24,7 @@ AtrProcessor.register_for_auto_class("AutoProcessor")
 # Offline copies of known Hub backbones and faster-whisper folders load through from_pretrained_backbones.
 AtrModel.resolve_backbone = staticmethod(resolve_backbone)
 
-__all__ = ["AtrConfig", "AtrFeatureExtractor", "AtrModel", "AtrOutput", "AtrProcessor", "__version__", "resolve_backbone"]
+__all__ = [
+    "AtrConfig", "AtrFeatureExtractor", "AtrModel", "AtrOutput", "AtrProcessor", "AudioBackbone", "__version__",
+    "register_audio_backbone", "resolve_backbone", "unregister_audio_backbone",
+]

@@ -5,7 +5,7 @@ from transformers.feature_extraction_sequence_utils import SequenceFeatureExtrac
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import logging
 
-from .backbones_atr import AUDIO_BACKBONES, audio_backbone, audio_backbone_named
+from .backbones_atr import AUDIO_BACKBONES, DEFAULT_AUDIO_MODEL_TYPE, audio_backbone, audio_backbone_named
 
 logger = logging.get_logger(__name__)
 _ENERGY_EPS = 1e-20  # a digitally silent frame's energy is 0: this keeps its dB finite (-200 dB, far below any floor)
@@ -18,8 +18,8 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
     for Whisper).
 
     Args:
-        backbone: a registered family's name, `"clap"` (HTSAT) or `"whisper"`; picks the per-chunk features and the
-            defaults below (the family's `feature_defaults`).
+        backbone: a registered family's name, `"clap"` (HTSAT, the default) or `"whisper"`; picks the per-chunk
+            features and the defaults below (the family's `feature_defaults`).
         sampling_rate: audio rate the backbone expects (48000 for CLAP, 16000 for Whisper). Other rates are refused.
         feature_size: mel bins (64 for CLAP, 80 for Whisper).
         window_s: chunk length in seconds, the encoder's window (10 for HTSAT, 30 for Whisper).
@@ -39,11 +39,12 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
     model_input_names = ["input_features", "chunk_mask"]
 
     def __init__(
-        self, backbone="clap", sampling_rate=None, feature_size=None, window_s=None, hop_length=None, n_fft=None,
+        self, backbone=None, sampling_rate=None, feature_size=None, window_s=None, hop_length=None, n_fft=None,
         frequency_min=0.0, frequency_max=14_000.0, truncation="rand_trunc", silence_frame_s=0.02, silence_threshold_db=60.0,
         silence_floor_db=-80.0, min_silence_s=1.0, silence_margin_s=0.1, max_train_chunks=None, feature_batch_size=32,
         padding_value=0.0, **kwargs,
     ):
+        backbone = audio_backbone(DEFAULT_AUDIO_MODEL_TYPE).name if backbone is None else backbone
         defaults = audio_backbone_named(backbone).feature_defaults
         sampling_rate = defaults["sampling_rate"] if sampling_rate is None else int(sampling_rate)
         feature_size = defaults["feature_size"] if feature_size is None else int(feature_size)

@@ -7,8 +7,8 @@ from tiny import tiny_bert_config, tiny_tokenizer
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoProcessor, PreTrainedConfig
 
-from atr import AtrConfig, AtrFeatureExtractor, AtrModel, AtrProcessor
-from atr.backbones_atr import AUDIO_BACKBONES, AudioBackbone, register_audio_backbone, unregister_audio_backbone
+from atr import AtrConfig, AtrFeatureExtractor, AtrModel, AtrProcessor, AudioBackbone, register_audio_backbone, unregister_audio_backbone
+from atr.backbones_atr import AUDIO_BACKBONES
 
 SR = 8000
 
