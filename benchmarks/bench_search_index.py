@@ -26,7 +26,7 @@ import soundfile as sf
 import torch
 
 from atr.search import AudioIndex
-from atr.search.cli import load_model
+from atr.loading import load_model
 from atr.synthetic import EVENT_NAMES, EVENT_TYPES, synthesize_clip
 
 RATE = 16000
@@ -123,7 +123,7 @@ def main():
     parser.add_argument("--out", default="benchmarks/results_search_index.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model, processor = load_model(args.model)
+    model, processor, _ = load_model(args.model)
     work = Path(tempfile.mkdtemp(prefix="bench_search_index-"))
     try:
         events = write_scenes(work / "scenes", args.clips, args.seed)

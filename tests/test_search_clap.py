@@ -10,6 +10,7 @@ import torch
 from tiny import tiny_clap_audio_config, tiny_roberta_config, tiny_tokenizer
 
 from atr import search
+from atr.loading import load_model
 from atr.search import AudioIndex
 
 
@@ -60,6 +61,6 @@ def test_a_clap_model_builds_and_answers_text_and_audio_queries(tmp_path, clap_d
     long_chunks = [h for h in chunks if Path(h["path"]).name == "clip3.wav"]
     assert len(long_chunks) >= 2 and all(h["end"] > h["start"] >= 0 for h in long_chunks)  # atr's chunking gave the spans
     # what `atr-search serve` loads: the stored index with the model, answering a query
-    model, processor = search.cli.load_model(str(clap_dir))
+    model, processor, _ = load_model(str(clap_dir))
     served = AudioIndex.load(index_dir, model, processor)
     assert len(served) == 4 and served.search(["a dog bark"], k=1)[0][0].path in {h["path"] for h in hits}

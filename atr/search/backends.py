@@ -1,14 +1,101 @@
-"""Search backends over unit embeddings: exact (blocked matrix product + top-k, equal to a stable full sort) and FAISS.
+"""Search backends: one `SearchBackend` interface over unit embeddings, each kind found by name in `BACKENDS`.
 
-FAISS (`pip install 'atr[faiss]'`): `flat` (exact), `pq` (4-bit product-quantisation fast scan, re-ranked exactly: the
-fast approximate one) or `hnsw`.
+A backend is built over vectors (N, D) with int64 ids (default 0..N-1) or opened where it was saved, takes `add` and
+`remove`, and answers `search(embeddings, k) -> (scores, ids)`, (Q, k) best first. Here: `exact` (blocked matrix
+product + top-k, equal to a stable full sort) and FAISS (`pip install 'atr[faiss]'`): `flat` (exact), `pq` (4-bit
+product-quantisation fast scan, re-ranked exactly: the fast approximate one) and `hnsw`. `ondisk` (ondisk.py) and
+`qdrant` (vectordb.py) register themselves there; `import atr.search` imports both.
 """
+
+import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 FAISS_KINDS = ("flat", "pq", "hnsw")
-BACKENDS = ("exact",) + FAISS_KINDS
+BACKENDS = {}  # name -> SearchBackend subclass, filled by `register_backend`
+
+
+def register_backend(name):
+    """Class decorator: make a `SearchBackend` subclass the backend called `name` (`atr-search --backend NAME`)."""
+    def register(cls):
+        cls.name = name
+        BACKENDS[name] = cls
+        return cls
+    return register
+
+
+def get_backend(name):
+    """The `SearchBackend` class registered as `name`, or a ValueError listing the known ones."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend is {name!r}, expected one of {tuple(BACKENDS)}")
+    return BACKENDS[name]
+
+
+def _vectors(embeddings):
+    return torch.as_tensor(embeddings, dtype=torch.float32)
+
+
+def _ids(ids, start, count):
+    """`ids` as an int64 tensor, or start..start+count-1."""
+    ids = torch.arange(start, start + count) if ids is None else torch.as_tensor(np.asarray(ids), dtype=torch.long).reshape(-1)
+    if len(ids) != count:
+        raise ValueError(f"{len(ids)} ids for {count} vectors: give one id per vector")
+    return ids
+
+
+def _rows_to_ids(ids, rows):
+    """Each row number's id; a row past the end (the marker of a slot no candidate filled) stays as it is."""
+    if ids is None:
+        return rows
+    return torch.where(rows < len(ids), ids[rows.clamp(max=len(ids) - 1)], rows)
+
+
+class SearchBackend:
+    """A vector index over unit embeddings: `build` or `open`, `add` / `remove` rows, `search(embeddings, k) -> (scores, ids)`."""
+
+    name = ""
+    # Where `AudioIndex.backend` keeps it next to its shards ("{revision}" filled in); None: built in memory on load.
+    file_name = None
+
+    @classmethod
+    def build(cls, embeddings, path=None, ids=None, **options):
+        """Index `embeddings` (N, D) under `ids` (default 0..N-1), saved at `path` where the kind saves."""
+        raise NotImplementedError
+
+    @classmethod
+    def open(cls, path, vectors=None, **options):
+        """Open one saved at `path` (`vectors`: the embeddings it was built over, for kinds that re-rank with them)."""
+        raise NotImplementedError(f"the {cls.name} backend is not saved: build it again")
+
+    @classmethod
+    def open_or_build(cls, embeddings, path=None, **options):
+        """Open the one saved at `path` if it holds exactly these rows, else build it there."""
+        try:
+            backend = None if path is None else cls.open(path, vectors=embeddings)
+        except FileNotFoundError:  # not saved there yet, or an interrupted build
+            backend = None
+        if backend is not None and len(backend) == len(embeddings):
+            return backend
+        return cls.build(embeddings, path, **options)
+
+    def add(self, embeddings, ids=None):
+        """Add vectors (M, D) under `ids` (default: after the largest id)."""
+        raise NotImplementedError(f"the {self.name} backend cannot add rows in place: build it again over every vector")
+
+    def remove(self, ids):
+        """Remove the rows with these ids."""
+        raise NotImplementedError(f"the {self.name} backend cannot remove rows in place: build it again without them")
+
+    def search(self, embeddings, k=10, **options):
+        """(scores, ids) (Q, k) of the best rows for each query (Q, D), best first."""
+        raise NotImplementedError
+
+    def __len__(self):
+        raise NotImplementedError
 
 
 # ---- exact search -------------------------------------------------------------------------------------------
@@ -120,3 +207,135 @@ def faiss_search(index, queries, k=10, corpus=None, k_factor=700, ef_search=256)
     scores = scores.masked_fill(missing, float("-inf"))
     scores, indices = _sort_candidates(scores, indices.masked_fill(missing, torch.iinfo(torch.long).max), min(k, wanted))
     return scores, indices
+
+
+# ---- the exact and FAISS backends ------------------------------------------------------------------------------
+
+
+class _InMemory(SearchBackend):
+    """A backend holding its vectors and ids in memory; `_rebuild` makes its index over them."""
+
+    def __init__(self, vectors, ids, path=None, **options):
+        self.vectors, self.ids, self.path, self.options = vectors, ids, path, options
+        self._rebuild()
+
+    def _rebuild(self):
+        pass
+
+    def _save(self):
+        pass
+
+    def add(self, embeddings, ids=None):
+        """Add vectors (M, D) under `ids` (default: after the largest id); saved again where it was built."""
+        vectors = _vectors(embeddings).reshape(-1, self.vectors.shape[1])
+        self.ids = torch.cat([self.ids, _ids(ids, int(self.ids.max()) + 1 if len(self.ids) else 0, len(vectors))])
+        self.vectors = torch.cat([self.vectors, vectors])
+        self._rebuild()
+        self._save()
+
+    def remove(self, ids):
+        """Remove the rows with these ids (the index is rebuilt over the rows kept); saved again where it was built."""
+        kept = ~torch.isin(self.ids, torch.as_tensor(np.asarray(ids), dtype=torch.long).reshape(-1))
+        self.vectors, self.ids = self.vectors[kept], self.ids[kept]
+        self._rebuild()
+        self._save()
+
+    def __len__(self):
+        return len(self.ids)
+
+
+@register_backend("exact")
+class ExactBackend(_InMemory):
+    """`exact_search` over vectors in memory (saved as one safetensors file where a path is given)."""
+
+    @classmethod
+    def build(cls, embeddings, path=None, ids=None, **options):
+        """Hold `embeddings` (N, D) under `ids`; with `path`, also write them there."""
+        vectors = _vectors(embeddings)
+        backend = cls(vectors, _ids(ids, 0, len(vectors)), path)
+        backend._save()
+        return backend
+
+    @classmethod
+    def open(cls, path, vectors=None, **options):
+        """Read vectors and ids saved by `build(..., path)`."""
+        tensors = load_file(str(path))
+        return cls(tensors["vectors"], tensors["ids"], path)
+
+    def _save(self):
+        if self.path is not None:
+            save_file({"vectors": self.vectors.contiguous(), "ids": self.ids.contiguous()}, str(self.path))
+
+    def search(self, embeddings, k=10, block_size=65536):
+        """Exact top-k: ties go to the row added first."""
+        scores, rows = exact_search(embeddings, self.vectors, k, block_size)
+        return scores, _rows_to_ids(self.ids, rows)
+
+
+class FaissBackend(_InMemory):
+    """A FAISS index of kind `kind` over the vectors (kept in memory: `pq` re-ranks with them), saved as one file."""
+
+    kind = ""
+    file_name = "faiss-{name}-{revision}.index"
+
+    @classmethod
+    def build(cls, embeddings, path=None, ids=None, **build_kwargs):
+        """Build the FAISS index (see `build_faiss_index` for `build_kwargs`); with `path`, write it there."""
+        vectors = _vectors(embeddings)
+        backend = cls(vectors, _ids(ids, 0, len(vectors)), path, **build_kwargs)
+        backend._save()
+        return backend
+
+    @classmethod
+    def open(cls, path, vectors=None, ids=None, **build_kwargs):
+        """Read a saved FAISS index; `vectors` are the embeddings it was built over (needed: `pq` re-ranks with them)."""
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no FAISS index at {str(path)!r}: build one with {cls.__name__}.build")
+        if vectors is None:
+            raise ValueError(f"opening FAISS index {str(path)!r} needs vectors=: the embeddings it was built over")
+        backend = cls.__new__(cls)
+        backend.vectors, backend.path, backend.options = _vectors(vectors), path, build_kwargs
+        backend.ids = _ids(ids, 0, len(backend.vectors))
+        backend.index = require_faiss().read_index(str(path))
+        return backend
+
+    def _rebuild(self):
+        self.index = build_faiss_index(self.vectors.numpy(), self.kind, **self.options)
+
+    def _save(self):
+        if self.path is not None:
+            path = Path(self.path)
+            handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(handle)
+            require_faiss().write_index(self.index, tmp)
+            os.replace(tmp, path)
+
+    def __len__(self):
+        return min(self.index.ntotal, len(self.ids))
+
+    def search(self, embeddings, k=10, k_factor=700, ef_search=256):
+        """`faiss_search`: `pq` re-ranks its top k*k_factor exactly; `hnsw` searches with `ef_search`."""
+        corpus = self.vectors if self.kind == "pq" else None
+        scores, rows = faiss_search(self.index, embeddings, k, corpus=corpus, k_factor=k_factor, ef_search=ef_search)
+        return scores, _rows_to_ids(self.ids, rows)
+
+
+@register_backend("flat")
+class FlatBackend(FaissBackend):
+    """FAISS `IndexFlatIP`: exact, the same results as `exact`."""
+
+    kind = "flat"
+
+
+@register_backend("pq")
+class PQBackend(FaissBackend):
+    """FAISS 4-bit PQ fast scan whose top k*k_factor candidates are re-scored exactly: large collections in RAM."""
+
+    kind = "pq"
+
+
+@register_backend("hnsw")
+class HNSWBackend(FaissBackend):
+    """FAISS `IndexHNSWFlat` (M=32, efConstruction=80)."""
+
+    kind = "hnsw"

@@ -2,11 +2,14 @@
 
     atr-search "a dog barks" --audio-dir recordings/ --model M [-k 10] [--chunks] [--json]
     atr-search --query-audio clip.wav --audio-dir recordings/ --model M
-    atr-search build --audio-dir recordings/ --model M [--skip-bad-audio]
+    atr-search build --audio-dir recordings/ --model M [--skip-bad-audio] [--backend ondisk]
     atr-search serve --index-dir recordings/.atr-index [--model M] [--port 7860] [--audio-dir recordings/]
     atr-search space OUT_DIR --model REPO [--audio-dir DIR]
     atr-search export --index-dir DIR --to QDRANT_FOLDER_OR_URL [--collection atr]
-    atr-search "a dog barks" --qdrant QDRANT_FOLDER_OR_URL [--model M]
+    atr-search "a dog barks" --qdrant QDRANT_FOLDER_OR_URL [--model M]      (--backend qdrant)
+
+`--backend` picks the search backend over the pooled embeddings (atr.search.BACKENDS): exact, FAISS flat / pq / hnsw,
+ondisk (the IVF-PQ fast-scan index, vectors on disk) or qdrant; `build --backend NAME` builds it ahead of searches.
 """
 
 import argparse
@@ -17,23 +20,19 @@ from pathlib import Path
 import torch
 
 from ..cli_errors import both_spellings, one_line_errors
+from ..loading import load_model
 from .backends import BACKENDS
 from .index import AudioIndex
 from .manifest import _read_manifest
 
 COMMANDS = ("build", "serve", "space", "export")
+BACKEND_HELP = ("the search backend: exact (default), FAISS flat / pq / hnsw, ondisk (IVF-PQ fast scan, vectors on disk: "
+                "for collections past RAM) or qdrant (in memory over the index, or the collection of --qdrant)")
 
 
-def load_model(model_id, trust_remote_code=False, device="cpu"):
-    """Model and processor of an atr folder or Hub id, its ONNX export or a transformers ClapModel (atr.evaluation's loader).
-
-    Remote code runs only with `trust_remote_code=True`; an ONNX export runs on the CPU with ONNX Runtime.
-    """
-    from ..evaluation import load_model_for_evaluation
-    from ..onnx import is_onnx_export
-
-    onnx = is_onnx_export(model_id)  # a `python -m atr.export onnx` folder
-    model, processor, _ = load_model_for_evaluation(model_id, "cpu" if onnx else device, "onnx" if onnx else "torch", trust_remote_code)
+def _load(model_id, args, device=None):
+    """The model and processor of `model_id` by atr's one loader (remote code only with --trust_remote_code)."""
+    model, processor, _ = load_model(model_id, device or args.device, trust_remote_code=args.trust_remote_code)
     return model, processor
 
 
@@ -81,9 +80,22 @@ def search_parser():
     parser.add_argument("--collection", default="atr", help="the Qdrant collection (default atr)")
     parser.add_argument("-k", "--top-k", type=int, default=10, help="results per query (default 10)")
     parser.add_argument("--chunks", action="store_true", help="rank chunks, not recordings: a long recording can appear at several times")
-    parser.add_argument("--backend", choices=BACKENDS, default="exact", help="exact (default) or a FAISS index: flat, pq, hnsw")
+    _backend_options(parser)
+    parser.add_argument("--nprobe", type=int, help="ondisk: inverted lists scanned per query (default 32)")
+    parser.add_argument("--k-factor", type=int, help="pq / ondisk: re-rank the top k * k_factor candidates exactly (default 700 / 50)")
     parser.add_argument("--json", action="store_true", help="print results as JSON lines")
     return finish(parser)
+
+
+def _backend_options(parser):
+    parser.add_argument("--backend", choices=tuple(BACKENDS), default="exact", help=BACKEND_HELP)
+    parser.add_argument("--nlist", type=int, help="ondisk, when it is built: inverted lists (default about 4 sqrt(N))")
+    parser.add_argument("--pq-m", type=int, help="ondisk, when it is built: PQ sub-quantisers (default the largest divisor of D up to D/8)")
+
+
+def _build_options_of(args):
+    """What `AudioIndex.backend` builds the chosen backend with (only the options given)."""
+    return {key: getattr(args, key) for key in ("nlist", "pq_m") if getattr(args, key) is not None}
 
 
 def finish(parser):
@@ -105,7 +117,7 @@ def _index_dir(args):
 def _open_index(args):
     """Load the model and bring the folder's index up to date; report what changed and what was skipped."""
     index_dir = _index_dir(args)
-    model, processor = load_model(resolve_model_id(args.model, index_dir), args.trust_remote_code, args.device)
+    model, processor = _load(resolve_model_id(args.model, index_dir), args)
     index = AudioIndex.update(model, processor, args.audio_dir, index_dir, batch_size=args.batch_size, shard_size=args.shard_size,
                               overwrite=args.overwrite, skip_bad_audio=args.skip_bad_audio, progress=not args.quiet)
     report = index.last_update
@@ -135,12 +147,17 @@ def _search(argv):
     args = parser.parse_args(argv)
     if not args.queries and not args.query_audio:
         parser.error("give a text query or --query-audio FILE")
-    if args.qdrant:
+    if args.qdrant:  # the qdrant backend over an exported collection; `--qdrant` alone says --backend qdrant
+        if args.backend not in ("exact", "qdrant"):
+            parser.error(f"--qdrant searches an exported collection with the qdrant backend, not --backend {args.backend}")
         return _search_qdrant(parser, args)
     if args.audio_dir is None:
         parser.error("give --audio-dir DIR (the recordings to search) or --qdrant TARGET (an exported collection)")
     index = _open_index(args)
-    options = dict(k=args.top_k, backend=args.backend, chunks=args.chunks)
+    searched = {key: getattr(args, key) for key in ("nprobe", "k_factor") if getattr(args, key) is not None}
+    if not args.chunks:  # chunks are ranked exactly; the backend is built with the options given
+        index.backend(args.backend, **_build_options_of(args))
+    options = dict(k=args.top_k, backend=args.backend, chunks=args.chunks, **searched)
     if args.queries:
         for query, hits in zip(args.queries, index.search(args.queries, **options)):
             print_hits(query, hits, args.json)
@@ -159,7 +176,7 @@ def _search_qdrant(parser, args):
     model_id = args.model or QdrantIndex(args.qdrant, collection=args.collection).info["model"]
     if not model_id:
         raise SystemExit(f"atr-search: --model is required: collection {args.collection!r} records no model")
-    model, processor = load_model(model_id, args.trust_remote_code, args.device)
+    model, processor = _load(model_id, args)
     index = QdrantIndex(args.qdrant, model, processor, collection=args.collection)
     for query, hits in zip(args.queries, index.search(args.queries, k=args.top_k, chunks=args.chunks)):
         print_hits(query, hits, args.json)
@@ -196,6 +213,7 @@ def build_parser():
     parser.add_argument("folder", nargs="?", help="folder of audio files (the same as --audio-dir)")
     _build_options(parser, folder_required=False)
     _common(parser)
+    _backend_options(parser)
     return finish(parser)
 
 
@@ -214,7 +232,7 @@ def _build(argv):
         from .distributed import build_distributed
 
         index_dir = _index_dir(args)
-        model, processor = load_model(resolve_model_id(args.model, index_dir), args.trust_remote_code, state.device)
+        model, processor = _load(resolve_model_id(args.model, index_dir), args, state.device)
         index, report = build_distributed(model, processor, args.audio_dir, index_dir, batch_size=args.batch_size,
                                           shard_size=args.shard_size, overwrite=args.overwrite,
                                           skip_bad_audio=args.skip_bad_audio, progress=not args.quiet and state.is_main_process, state=state)
@@ -223,6 +241,9 @@ def _build(argv):
         if not state.is_main_process:
             return 0
     print(f"atr-search: {len(index)} recordings indexed in {str(index.out_dir)!r}", file=sys.stderr)
+    if args.backend != "exact":  # built now, so searches find it ready
+        index.backend(args.backend, **_build_options_of(args))
+        print(f"atr-search: the {args.backend} backend is ready", file=sys.stderr)
     return 0
 
 
@@ -242,7 +263,7 @@ def _serve(argv):
     args = serve_parser().parse_args(argv)
     from .app import serve
 
-    model, processor = load_model(resolve_model_id(args.model, args.index_dir), args.trust_remote_code, args.device)
+    model, processor = _load(resolve_model_id(args.model, args.index_dir), args)
     index = AudioIndex.load(args.index_dir, model, processor, audio_root=args.audio_dir)
     aiff = sum(Path(path).suffix.lower() in (".aif", ".aiff", ".aifc") for path in index.items)
     if aiff:  # the page serves the files as they are; browsers other than Safari have no AIFF decoder

@@ -8,9 +8,8 @@ source time spans it packs. A re-run embeds only what was added or changed (keye
 
 import logging
 import os
-import tempfile
+import shutil
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,29 +20,15 @@ from tqdm.auto import tqdm
 
 from ..data import decode_audio
 from ..embedding import embed_clips, embed_texts
-from .backends import BACKENDS, FAISS_KINDS, build_faiss_index, exact_search, faiss_search, require_faiss
+from .backends import exact_search, get_backend
 from .manifest import FORMAT_VERSION, LOCK, MANIFEST, BadIndexError, _atomic_write, _read_manifest, _write_manifest, new_row_id
+from .results import SearchResult
 from .sources import collect_items, item_key, model_fingerprint
 
 logger = logging.getLogger(__name__)
 # What each shard must hold: name -> (dtype, rows counted by "rows" or "chunks" of its manifest entry)
 SHARD_LAYOUT = {"embeddings": ("float32", "rows"), "chunk_counts": ("int64", "rows"),
                 "chunk_embeddings": ("float16", "chunks"), "chunk_spans": ("float32", "chunks"), "row_ids": ("int64", "rows")}
-
-
-@dataclass
-class SearchResult:
-    """One hit: the file, its score, its row, the matched chunk's extent (start, end) s and every stretch it packs."""
-
-    path: str
-    score: float
-    index: int
-    start: float | None = None
-    end: float | None = None
-    name: str = ""
-    chunk: int | None = None
-    chunk_score: float | None = None
-    spans: list = field(default_factory=list)
 
 
 def verify_shard(out_dir, name, entry):
@@ -108,7 +93,7 @@ class AudioIndex:
         self.skipped = manifest.get("skipped", [])
         self.model, self.processor = model, processor
         self.last_update = None
-        self._faiss = {}
+        self._backends = {}
 
     # -- building and updating --
 
@@ -215,14 +200,14 @@ class AudioIndex:
 
     @staticmethod
     def _remove_unused(out_dir):
-        """Delete shards and FAISS files the manifest no longer names (replaced, emptied, or from another revision)."""
+        """Delete shards and backend files the manifest no longer names (replaced, emptied, or from another revision)."""
         manifest = _read_manifest(out_dir)
         for path in out_dir.glob("shard-*.safetensors"):
             if path.name not in manifest["shards"]:
                 path.unlink(missing_ok=True)
-        for path in out_dir.glob("faiss-*.index"):
-            if not path.name.endswith(f"-{manifest['revision'][:12]}.index"):
-                path.unlink(missing_ok=True)
+        for path in [*out_dir.glob("faiss-*.index"), *out_dir.glob("ondisk-*")]:
+            if not path.name.removesuffix(".index").endswith(f"-{manifest['revision'][:12]}"):
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
     # -- loading --
 
@@ -287,29 +272,21 @@ class AudioIndex:
         return export_index(self, target, collection, **kwargs)
     # -- searching --
 
-    def faiss_index(self, kind="pq", **build_kwargs):
-        """The FAISS index of this kind over the pooled embeddings, built (and saved next to the shards) on first use."""
-        if kind not in self._faiss:
-            faiss = require_faiss()
-            path = self.out_dir / f"faiss-{kind}-{self.manifest['revision'][:12]}.index"
-            index = faiss.read_index(str(path)) if path.exists() else None
-            if index is None or index.ntotal != len(self):
-                index = build_faiss_index(self.embeddings.numpy(), kind, **build_kwargs)
-                handle, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=f".{path.name}.", suffix=".tmp")
-                os.close(handle)
-                faiss.write_index(index, tmp)
-                os.replace(tmp, path)
-            self._faiss[kind] = index
-        return self._faiss[kind]
+    def backend(self, name="exact", **build_options):
+        """Search backend `name` (atr.search.BACKENDS) over the pooled embeddings, built on first use; saved next to the
+        shards for this revision where the kind saves (`faiss-<kind>-<revision>.index`, `ondisk-<revision>/`)."""
+        if name not in self._backends:
+            kind = get_backend(name)
+            path = None if kind.file_name is None else self.out_dir / kind.file_name.format(name=name, revision=self.manifest["revision"][:12])
+            self._backends[name] = kind.open_or_build(self.embeddings, path, **build_options)
+        return self._backends[name]
 
-    def search_embeddings(self, query_embeds, k=10, backend="exact", k_factor=700, ef_search=256):
-        """Rank the recordings for query embeddings (Q, D): (scores, indices) (Q, k), best first."""
-        if backend == "exact":
-            return exact_search(query_embeds, self.embeddings, k)
-        if backend not in FAISS_KINDS:
-            raise ValueError(f"backend is {backend!r}, expected one of {BACKENDS}")
-        corpus = self.embeddings if backend == "pq" else None
-        return faiss_search(self.faiss_index(backend), query_embeds, k, corpus=corpus, k_factor=k_factor, ef_search=ef_search)
+    def search_embeddings(self, query_embeds, k=10, backend="exact", **search_kwargs):
+        """Rank the recordings for query embeddings (Q, D): (scores, indices) (Q, k), best first.
+
+        `search_kwargs` go to the backend's `search` (e.g. `k_factor`, `ef_search` for FAISS; `nprobe` for ondisk).
+        """
+        return self.backend(backend).search(query_embeds, k, **search_kwargs)
 
     def embed_text(self, queries):
         """L2-normalised text embeddings (Q, D) of the queries, from the model the index was built with."""

@@ -10,9 +10,12 @@ float16 rows, read with `os.pread` (they enter the page cache, never the process
 held in RAM (pq_m / 2 + 8 bytes a vector: 0.4 GB at 10M x PQ64), scanned about 13x faster at the same recall after
 the exact re-rank (BENCHMARKS.md); the float16 rows stay on disk. FAISS cannot merge fast-scan indexes, so that build
 adds the blocks to one index and rewrites it after each block: an interrupted build resumes after the last one.
+
+`OnDiskBackend` is the `ondisk` search backend (`atr-search --backend ondisk`): the fast-scan index in one folder.
 """
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -20,13 +23,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backends import _sort_candidates, require_faiss
+from .backends import SearchBackend, _ids, _rows_to_ids, _sort_candidates, register_backend, require_faiss
+
+logger = logging.getLogger(__name__)
 
 SETTINGS = "ondisk.json"
 TRAINED = "trained.index"
 INDEX = "ivfpq.index"
 LISTS = "ivfpq.ivfdata"
 PARTIAL = "partial.index"
+VECTORS = "vectors.bin"  # the backend's copy of the vectors, when it was given an array
+IDS = "ids.npy"  # the backend's ids by row, when they are not the row numbers
 
 
 class VectorFile:
@@ -201,3 +208,56 @@ class OnDiskIndex:
         candidates = torch.from_numpy(self.vectors.gather(ids.clamp(min=0).numpy())).view(*ids.shape, -1)
         scores = torch.bmm(candidates, queries[:, :, None]).squeeze(2).masked_fill(missing, float("-inf"))
         return _sort_candidates(scores, ids.masked_fill(missing, torch.iinfo(torch.long).max), min(k, wanted))
+
+
+@register_backend("ondisk")
+class OnDiskBackend(SearchBackend):
+    """The `ondisk` backend: an `OnDiskIndex` in one folder (fast-scan codes by default), its vectors on disk."""
+
+    file_name = "ondisk-{revision}"
+
+    def __init__(self, index, ids=None):
+        self.index, self.ids = index, ids
+
+    @classmethod
+    def build(cls, embeddings, path=None, ids=None, nlist=None, pq_m=None, fast_scan=True, dtype="float16", **build_kwargs):
+        """Build in folder `path` over an (N, D) array (copied there as `dtype`) or a `VectorFile` (used where it is).
+
+        By default `nlist` is about 4 sqrt(N) (at most N / 39 and 4096) and `pq_m` the largest divisor of D up to D / 8;
+        `build_kwargs` go to `build_ondisk_index`. An interrupted build resumes.
+        """
+        if path is None:
+            raise ValueError("the ondisk backend lives in a folder: pass path= (atr-search keeps it next to the index)")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        if isinstance(embeddings, VectorFile):
+            vectors = embeddings
+        else:
+            array = np.asarray(embeddings, dtype=np.float32)
+            written = (path / VECTORS).exists()  # by an interrupted build
+            vectors = VectorFile(path / VECTORS, array.shape[1], dtype) if written else VectorFile.write(path / VECTORS, [array], array.shape[1], dtype)
+        rows, dim = len(vectors), vectors.dim
+        least = 16 if fast_scan else 256  # FAISS trains each sub-quantiser's 2^bits centroids on at least as many rows
+        if rows < least:
+            raise ValueError(f"the ondisk backend needs at least {least} vectors to train its product quantiser, got {rows}: "
+                             "use the exact backend for a collection this small")
+        nlist = nlist or max(1, min(4096, int(4 * rows**0.5), rows // 39))
+        pq_m = pq_m or next(m for m in range(max(1, dim // 8), 0, -1) if dim % m == 0)
+        if ids is not None:
+            np.save(path / IDS, _ids(ids, 0, rows).numpy())
+        build_ondisk_index(vectors, path, nlist=nlist, pq_m=pq_m, fast_scan=fast_scan, progress=logger.info, **build_kwargs)
+        return cls.open(path)
+
+    @classmethod
+    def open(cls, path, vectors=None, **options):
+        """Open a built folder (its vectors file is found from its settings, also after a move)."""
+        ids = torch.from_numpy(np.load(Path(path) / IDS)) if (Path(path) / IDS).exists() else None
+        return cls(OnDiskIndex(path), ids)
+
+    def search(self, embeddings, k=10, nprobe=32, k_factor=50):
+        """`OnDiskIndex.search`: `nprobe` lists scanned, the top k*k_factor re-scored exactly with the stored rows."""
+        scores, rows = self.index.search(embeddings, k, nprobe=nprobe, k_factor=k_factor)
+        return scores, _rows_to_ids(self.ids, rows)
+
+    def __len__(self):
+        return len(self.index)

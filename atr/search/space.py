@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from ..loading import load_model
 from .index import AudioIndex
 from .manifest import BadIndexError
 from .sources import collect_items
@@ -73,8 +74,6 @@ def example_recordings(folder, count=4, seed=0, sampling_rate=16000):
 
 def write_space(out_dir, model, audio_dir=None, trust_remote_code=False):
     """Write the Space folder: app, requirements, README, the atr package and an example index built with the model."""
-    from .cli import load_model
-
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{str(out_dir)!r} is not empty: choose a new folder for the Space (nothing is overwritten)")
@@ -89,7 +88,7 @@ def write_space(out_dir, model, audio_dir=None, trust_remote_code=False):
         for item in source.items:
             (audio / item["name"]).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source.root / item["name"], audio / item["name"])
-    model_obj, processor = load_model(model, trust_remote_code)
+    model_obj, processor, _ = load_model(model, trust_remote_code=trust_remote_code)
     AudioIndex.build(model_obj, processor, audio, out_dir / "index", progress=False)
     hub_id = str(model)
     (out_dir / "app.py").write_text(APP.format(model=hub_id, trust=bool(trust_remote_code)))
@@ -105,9 +104,8 @@ def write_space(out_dir, model, audio_dir=None, trust_remote_code=False):
 def space_demo(model, audio_dir, index_dir, trust_remote_code=False):
     """The Space's page and launch arguments: the model, its index brought up to date, the folder it may serve."""
     from .app import build_demo, launch_options
-    from .cli import load_model
 
-    model_obj, processor = load_model(str(model), trust_remote_code)
+    model_obj, processor, _ = load_model(str(model), trust_remote_code=trust_remote_code)
     try:
         index = AudioIndex.update(model_obj, processor, audio_dir, index_dir, progress=False, skip_bad_audio=True)
     except ValueError as error:

@@ -5,13 +5,15 @@ embedding) and `<name>-chunks` with one point per chunk, each carrying `path`, i
 `fingerprint`. `target` is a folder (Qdrant's local mode, embedded, no server) or a URL (`http://host:6333`, a
 server or a cluster: pass `shard_number` / `replication_factor` to spread the collection over its nodes).
 `QdrantIndex(target, model, processor).search("a dog barks")` answers like `AudioIndex.search`, spans included.
+`QdrantBackend` is the `qdrant` search backend: bare vectors in one collection (in memory where no target is given).
 """
 
 import numpy as np
 import torch
 
 from ..embedding import embed_texts
-from .index import SearchResult
+from .backends import SearchBackend, _ids, _vectors, register_backend
+from .results import SearchResult
 from .sources import model_fingerprint
 
 DEFAULT_COLLECTION = "atr"
@@ -27,8 +29,10 @@ def require_qdrant():
 
 
 def connect(target):
-    """A QdrantClient: local mode for a folder, the server for an http(s) URL."""
+    """A QdrantClient: local mode for a folder (in memory for None), the server for an http(s) URL."""
     qdrant_client = require_qdrant()
+    if target is None:
+        return qdrant_client.QdrantClient(location=":memory:")
     target = str(target)
     if target.startswith(("http://", "https://")):
         return qdrant_client.QdrantClient(url=target)
@@ -140,3 +144,65 @@ class QdrantIndex:
         return SearchResult(path=payload["path"], score=float(score), index=payload["row"], start=payload["start"],
                             end=payload["end"], name=payload["name"], chunk=payload["chunk"], chunk_score=chunk_score,
                             spans=payload["spans"])
+
+
+@register_backend("qdrant")
+class QdrantBackend(SearchBackend):
+    """The `qdrant` backend: vectors as points of one collection (DOT), with their ids as point ids."""
+
+    def __init__(self, client, collection):
+        self.client, self.collection = client, collection
+
+    @classmethod
+    def build(cls, embeddings, path=None, ids=None, collection="atr-vectors", overwrite=False, batch_size=256):
+        """Write `embeddings` (N, D) to `collection` at `path` (a folder, a URL, or None: in memory); an existing one is
+        replaced only with `overwrite=True`."""
+        vectors = _vectors(embeddings)
+        client = connect(path)
+        if client.collection_exists(collection):
+            if not overwrite:
+                client.close()
+                raise FileExistsError(f"Qdrant at {str(path)!r} already has collection {collection!r}: pass another "
+                                      "collection name, or overwrite=True to replace it")
+            client.delete_collection(collection)
+        models = require_qdrant().models
+        client.create_collection(collection, vectors_config=models.VectorParams(size=vectors.shape[1], distance=models.Distance.DOT))
+        backend = cls(client, collection)
+        backend.add(vectors, _ids(ids, 0, len(vectors)), batch_size)
+        return backend
+
+    @classmethod
+    def open(cls, path, vectors=None, collection="atr-vectors", **options):
+        """Open `collection` at `path` (a folder or a URL)."""
+        client = connect(path)
+        if not client.collection_exists(collection):
+            client.close()
+            raise FileNotFoundError(f"Qdrant at {str(path)!r} has no collection {collection!r}: make it with QdrantBackend.build")
+        return cls(client, collection)
+
+    def add(self, embeddings, ids=None, batch_size=256):
+        """Upload vectors (M, D) as points with these ids (default: after the largest, counting from the size)."""
+        vectors = _vectors(embeddings)
+        ids = _ids(ids, len(self), len(vectors))
+        points = (require_qdrant().models.PointStruct(id=int(i), vector=v.tolist()) for i, v in zip(ids, vectors))
+        self.client.upload_points(self.collection, points, batch_size=batch_size, wait=True)
+
+    def remove(self, ids):
+        """Delete the points with these ids."""
+        selector = require_qdrant().models.PointIdsList(points=[int(i) for i in np.asarray(ids).reshape(-1)])
+        self.client.delete(self.collection, points_selector=selector, wait=True)
+
+    def search(self, embeddings, k=10):
+        """The top k points for each query by dot product: (scores, ids) (Q, min(k, N))."""
+        queries = _vectors(embeddings)
+        queries = queries.reshape(-1, queries.shape[-1])
+        found = [self.client.query_points(self.collection, query=q.numpy(), limit=k).points for q in queries]
+        return (torch.tensor([[p.score for p in hits] for hits in found], dtype=torch.float32).reshape(len(queries), -1),
+                torch.tensor([[p.id for p in hits] for hits in found], dtype=torch.long).reshape(len(queries), -1))
+
+    def __len__(self):
+        return self.client.count(self.collection).count
+
+    def close(self):
+        """Release the connection (in local mode, the folder's lock)."""
+        self.client.close()
