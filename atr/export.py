@@ -47,11 +47,9 @@ class AudioChunkEncoder(nn.Module):
 
     def forward(self, chunk_features, frame_mask=None):
         """Chunk embeddings, unnormalised, exactly as `AtrModel.get_audio_features(...).last_hidden_state` holds them."""
-        hidden, mask = self.model.audio_model(chunk_features, frame_mask) if frame_mask is not None else self.model.audio_model(chunk_features)
-        refined = self.model.audio_head(hidden, mask)
-        # AtrModel has no public per-chunk embedding method without its Python mini-batch loop (not traceable with a
-        # dynamic chunk count); this is the body of that loop.
-        return self.model.audio_projection(self.model._pool_audio_tokens(refined, mask))
+        # get_chunk_embeddings runs the chunks in one pass: get_audio_features' mini-batch loop is not traceable with a
+        # dynamic chunk count.
+        return self.model.get_chunk_embeddings(chunk_features, frame_mask)
 
 
 class ChunkPooling(nn.Module):

@@ -275,6 +275,11 @@ class AtrModel(AtrPreTrainedModel):
         output = AtrAudioOutput(last_hidden_state=chunk_embeds, pooler_output=F.normalize(pooled, dim=-1), chunk_weights=weights)
         return output if return_dict is not False else output.to_tuple()
 
+    def get_chunk_embeddings(self, chunk_features, frame_mask=None):
+        """Embeddings (N, D) of N real chunks' features (and frame mask) in one pass: what `get_audio_features` pools."""
+        hidden, mask = self.audio_model(chunk_features, frame_mask)
+        return self.audio_projection(self._pool_audio_tokens(self.audio_head(hidden, mask), mask))
+
     def forward(
         self, input_ids=None, attention_mask=None, token_type_ids=None, input_features=None, chunk_mask=None,
         audio_attention_mask=None, chunk_spans=None, return_loss=None, audio_hidden_states=None, text_hidden_states=None,
