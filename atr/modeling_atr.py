@@ -275,7 +275,7 @@ class AtrModel(AtrPreTrainedModel):
         output = AtrAudioOutput(last_hidden_state=chunk_embeds, pooler_output=F.normalize(pooled, dim=-1), chunk_weights=weights)
         return output if return_dict is not False else output.to_tuple()
 
-    def get_chunk_embeddings(self, chunk_features, frame_mask=None):
+    def get_chunk_embeddings(self, chunk_features: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Embeddings (N, D) of N real chunks' features (and frame mask) in one pass: what `get_audio_features` pools."""
         hidden, mask = self.audio_model(chunk_features, frame_mask)
         return self.audio_projection(self._pool_audio_tokens(self.audio_head(hidden, mask), mask))

@@ -100,7 +100,10 @@ def test_atr_search_builds_the_ondisk_index_and_answers_with_the_exact_top_10(tm
     assert list(index_dir.glob("ondisk-*")) == built  # searched with the one the build made
 
 
-def test_qdrant_flag_is_the_qdrant_backend_and_refuses_another(tmp_path, model_dir, capsys):
-    with pytest.raises(SystemExit):
-        main(["a dog barks", "--qdrant", str(tmp_path / "q"), "--backend", "pq"])
-    assert "--qdrant searches an exported collection with the qdrant backend, not --backend pq" in capsys.readouterr().err
+def test_qdrant_flag_is_the_qdrant_backend_and_options_of_another_backend_are_refused(tmp_path, capsys):
+    for argv, said in ((["--qdrant", str(tmp_path / "q"), "--backend", "pq"], "--qdrant searches an exported collection with the qdrant backend, not --backend pq"),
+                       (["--audio-dir", str(tmp_path), "--nprobe", "4"], "--nprobe does not apply to --backend exact"),
+                       (["--audio-dir", str(tmp_path), "--backend", "pq", "--nlist", "4"], "--nlist does not apply to --backend pq")):
+        with pytest.raises(SystemExit):
+            main(["a dog barks", *argv])
+        assert said in capsys.readouterr().err

@@ -16,10 +16,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 FAISS_KINDS = ("flat", "pq", "hnsw")
-BACKENDS = {}  # name -> SearchBackend subclass, filled by `register_backend`
+Array = torch.Tensor | np.ndarray
+BACKENDS: dict[str, type["SearchBackend"]] = {}  # name -> SearchBackend subclass, filled by `register_backend`
 
 
-def register_backend(name):
+def register_backend(name: str):
     """Class decorator: make a `SearchBackend` subclass the backend called `name` (`atr-search --backend NAME`)."""
     def register(cls):
         cls.name = name
@@ -28,7 +29,7 @@ def register_backend(name):
     return register
 
 
-def get_backend(name):
+def get_backend(name: str) -> type["SearchBackend"]:
     """The `SearchBackend` class registered as `name`, or a ValueError listing the known ones."""
     if name not in BACKENDS:
         raise ValueError(f"backend is {name!r}, expected one of {tuple(BACKENDS)}")
@@ -62,17 +63,17 @@ class SearchBackend:
     file_name = None
 
     @classmethod
-    def build(cls, embeddings, path=None, ids=None, **options):
+    def build(cls, embeddings: Array, path: str | Path | None = None, ids: Array | None = None, **options) -> "SearchBackend":
         """Index `embeddings` (N, D) under `ids` (default 0..N-1), saved at `path` where the kind saves."""
         raise NotImplementedError
 
     @classmethod
-    def open(cls, path, vectors=None, **options):
+    def open(cls, path: str | Path, vectors: Array | None = None, **options) -> "SearchBackend":
         """Open one saved at `path` (`vectors`: the embeddings it was built over, for kinds that re-rank with them)."""
         raise NotImplementedError(f"the {cls.name} backend is not saved: build it again")
 
     @classmethod
-    def open_or_build(cls, embeddings, path=None, **options):
+    def open_or_build(cls, embeddings: Array, path: str | Path | None = None, **options) -> "SearchBackend":
         """Open the one saved at `path` if it holds exactly these rows, else build it there."""
         try:
             backend = None if path is None else cls.open(path, vectors=embeddings)
@@ -82,15 +83,15 @@ class SearchBackend:
             return backend
         return cls.build(embeddings, path, **options)
 
-    def add(self, embeddings, ids=None):
+    def add(self, embeddings: Array, ids: Array | None = None) -> None:
         """Add vectors (M, D) under `ids` (default: after the largest id)."""
         raise NotImplementedError(f"the {self.name} backend cannot add rows in place: build it again over every vector")
 
-    def remove(self, ids):
+    def remove(self, ids: Array) -> None:
         """Remove the rows with these ids."""
         raise NotImplementedError(f"the {self.name} backend cannot remove rows in place: build it again without them")
 
-    def search(self, embeddings, k=10, **options):
+    def search(self, embeddings: Array, k: int = 10, **options) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores, ids) (Q, k) of the best rows for each query (Q, D), best first."""
         raise NotImplementedError
 

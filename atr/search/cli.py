@@ -13,6 +13,7 @@ ondisk (the IVF-PQ fast-scan index, vectors on disk) or qdrant; `build --backend
 """
 
 import argparse
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -93,9 +94,14 @@ def _backend_options(parser):
     parser.add_argument("--pq-m", type=int, help="ondisk, when it is built: PQ sub-quantisers (default the largest divisor of D up to D/8)")
 
 
-def _build_options_of(args):
-    """What `AudioIndex.backend` builds the chosen backend with (only the options given)."""
-    return {key: getattr(args, key) for key in ("nlist", "pq_m") if getattr(args, key) is not None}
+def _options(parser, args, keys, method):
+    """The given options among `keys`, refused with one line if the chosen backend's `method` does not take them."""
+    given = {key: getattr(args, key) for key in keys if getattr(args, key, None) is not None}
+    taken = inspect.signature(getattr(BACKENDS[args.backend], method)).parameters
+    for key in given:
+        if key not in taken:
+            parser.error(f"--{key.replace('_', '-')} does not apply to --backend {args.backend}")
+    return given
 
 
 def finish(parser):
@@ -153,10 +159,10 @@ def _search(argv):
         return _search_qdrant(parser, args)
     if args.audio_dir is None:
         parser.error("give --audio-dir DIR (the recordings to search) or --qdrant TARGET (an exported collection)")
+    searched, built = _options(parser, args, ("nprobe", "k_factor"), "search"), _options(parser, args, ("nlist", "pq_m"), "build")
     index = _open_index(args)
-    searched = {key: getattr(args, key) for key in ("nprobe", "k_factor") if getattr(args, key) is not None}
     if not args.chunks:  # chunks are ranked exactly; the backend is built with the options given
-        index.backend(args.backend, **_build_options_of(args))
+        index.backend(args.backend, **built)
     options = dict(k=args.top_k, backend=args.backend, chunks=args.chunks, **searched)
     if args.queries:
         for query, hits in zip(args.queries, index.search(args.queries, **options)):
@@ -220,6 +226,7 @@ def build_parser():
 def _build(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
+    built = _options(parser, args, ("nlist", "pq_m"), "build")
     if (args.folder is None) == (args.audio_dir is None):
         parser.error("give the folder of recordings once: as FOLDER or as --audio-dir")
     args.audio_dir = args.audio_dir or args.folder
@@ -242,7 +249,7 @@ def _build(argv):
             return 0
     print(f"atr-search: {len(index)} recordings indexed in {str(index.out_dir)!r}", file=sys.stderr)
     if args.backend != "exact":  # built now, so searches find it ready
-        index.backend(args.backend, **_build_options_of(args))
+        index.backend(args.backend, **built)
         print(f"atr-search: the {args.backend} backend is ready", file=sys.stderr)
     return 0
 

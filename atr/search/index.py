@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..data import decode_audio
 from ..embedding import embed_clips, embed_texts
-from .backends import exact_search, get_backend
+from .backends import SearchBackend, exact_search, get_backend
 from .manifest import FORMAT_VERSION, LOCK, MANIFEST, BadIndexError, _atomic_write, _read_manifest, _write_manifest, new_row_id
 from .results import SearchResult
 from .sources import collect_items, item_key, model_fingerprint
@@ -272,9 +272,11 @@ class AudioIndex:
         return export_index(self, target, collection, **kwargs)
     # -- searching --
 
-    def backend(self, name="exact", **build_options):
-        """Search backend `name` (atr.search.BACKENDS) over the pooled embeddings, built on first use; saved next to the
-        shards for this revision where the kind saves (`faiss-<kind>-<revision>.index`, `ondisk-<revision>/`)."""
+    def backend(self, name: str = "exact", **build_options) -> SearchBackend:
+        """Search backend `name` (atr.search.BACKENDS) over the pooled embeddings, built on first use.
+
+        Kinds that save keep it next to the shards for this revision (`faiss-<kind>-<revision>.index`, `ondisk-<revision>/`).
+        """
         if name not in self._backends:
             kind = get_backend(name)
             path = None if kind.file_name is None else self.out_dir / kind.file_name.format(name=name, revision=self.manifest["revision"][:12])

@@ -155,8 +155,10 @@ class QdrantBackend(SearchBackend):
 
     @classmethod
     def build(cls, embeddings, path=None, ids=None, collection="atr-vectors", overwrite=False, batch_size=256):
-        """Write `embeddings` (N, D) to `collection` at `path` (a folder, a URL, or None: in memory); an existing one is
-        replaced only with `overwrite=True`."""
+        """Write `embeddings` (N, D) to `collection` at `path` (a folder, a URL, or None: in memory).
+
+        An existing collection of that name is replaced only with `overwrite=True`.
+        """
         vectors = _vectors(embeddings)
         client = connect(path)
         if client.collection_exists(collection):
