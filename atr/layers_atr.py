@@ -113,16 +113,19 @@ def masked_max(tokens, mask):
     return tokens.masked_fill(~mask, torch.finfo(tokens.dtype).min).max(1).values * mask.any(1)
 
 
-def check_transformers_kwargs(method, kwargs, output_attentions=None, output_hidden_states=None):
-    """Refuse keyword arguments AtrModel does not know, and the output flags it cannot honour, naming them."""
+def check_transformers_kwargs(method, kwargs, config, output_attentions=None, output_hidden_states=None):
+    """Refuse keyword arguments AtrModel does not know, and the output flags it cannot honour (keyword or config), naming them."""
     # transformers passes these flags to every model; anything else is a typo that would otherwise do nothing.
     if kwargs:
         raise TypeError(f"AtrModel.{method} got unexpected keyword arguments {sorted(kwargs)}")
-    if output_attentions or output_hidden_states:
-        raise ValueError(
-            f"AtrModel.{method} does not return attentions or hidden states: call get_audio_encoder_states / "
-            "get_text_encoder_states for the encoders' token states"
-        )
+    for name, value in (("output_attentions", output_attentions), ("output_hidden_states", output_hidden_states)):
+        # transformers' rule: the keyword wins, the config decides when it is None
+        source = f"{name}=True" if value else f"config.{name}=True" if value is None and getattr(config, name) else None
+        if source:
+            raise ValueError(
+                f"AtrModel.{method} got {source} but does not return attentions or hidden states: call "
+                "get_audio_encoder_states / get_text_encoder_states for the encoders' token states"
+            )
 
 
 def one_of(raw_name, raw, states_name, states, required=True):

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, ClapAudioModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import ModelOutput
+from transformers.models.whisper.modeling_whisper import WhisperEncoder, sinusoids
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .backbones_atr import audio_backbone, audio_backbone_for_checkpoint
 from .configuration_atr import AtrConfig
@@ -60,7 +61,7 @@ class AtrPreTrainedModel(PreTrainedModel):
     config: AtrConfig
     config_class = AtrConfig
     base_model_prefix = "atr"
-    main_input_name = "input_features"
+    main_input_name = "input_ids"  # forward's first argument, as in ClapModel; the Trainer counts tokens and FLOPs on it
     input_modalities = ("audio", "text")
     supports_gradient_checkpointing = False
     _supports_sdpa = True
@@ -80,6 +81,24 @@ class AtrPreTrainedModel(PreTrainedModel):
             init.constant_(module.logit_scale, math.log(self.config.logit_scale_init_value))
         elif isinstance(module, AtrAttentionPooling):
             init.normal_(module.query, std=self.config.initializer_range)
+
+    def initialize_weights(self):
+        """Initialise what was not loaded; Whisper positions re-created on load (another max_source_positions) get Whisper's sinusoids."""
+        super().initialize_weights()
+        # WhisperPreTrainedModel sets them when it visits the WhisperEncoder, which transformers skips under custom code (as
+        # atr is): a module without parameters of its own counts as initialised. Loaded positions are flagged and kept.
+        for module in self.modules():
+            if isinstance(module, WhisperEncoder):
+                init.copy_(module.embed_positions.weight, sinusoids(*module.embed_positions.weight.shape))
+
+    def _sdpa_can_dispatch(self, is_init_check=False):
+        """SDPA for the whole model needs it in both encoders (atr's own layers always use it); HTSAT has eager attention only."""
+        if self.config.audio_config.model_type == "clap_audio_model" and not ClapAudioModel._supports_sdpa:
+            raise ValueError(
+                "attn_implementation='sdpa' reaches the HTSAT audio encoder (ClapAudioModel), which has eager attention only: "
+                "leave attn_implementation unset (each encoder then uses SDPA where it has it) or pass {'text_config': 'sdpa'}"
+            )
+        return super()._sdpa_can_dispatch(is_init_check)
 
 
 class AtrModel(AtrPreTrainedModel):
@@ -247,43 +266,44 @@ class AtrModel(AtrPreTrainedModel):
 
     # ---- public API -----------------------------------------------------------------------------------------
 
+    @can_return_tuple
     def get_text_features(
-        self, input_ids=None, attention_mask=None, token_type_ids=None, text_hidden_states=None, return_dict=None,
+        self, input_ids=None, attention_mask=None, token_type_ids=None, text_hidden_states=None,
         output_attentions=None, output_hidden_states=None, **kwargs,
     ):
         """Embed captions (or precomputed text-encoder states): `pooler_output` is the L2-normalised (B, projection_dim) embedding."""
-        check_transformers_kwargs("get_text_features", kwargs, output_attentions, output_hidden_states)
+        check_transformers_kwargs("get_text_features", kwargs, self.config, output_attentions, output_hidden_states)
         one_of("input_ids", input_ids, "text_hidden_states", text_hidden_states)
         tokens, mask = self._encode_text_tokens(input_ids, attention_mask, token_type_ids, text_hidden_states)
-        output = BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=F.normalize(self._pool_text(tokens, mask), dim=-1))
-        return output if return_dict is not False else output.to_tuple()
+        return BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=F.normalize(self._pool_text(tokens, mask), dim=-1))
 
+    @can_return_tuple
     def get_audio_features(
         self, input_features=None, chunk_mask=None, audio_attention_mask=None, chunk_spans=None, audio_hidden_states=None,
-        return_dict=None, output_attentions=None, output_hidden_states=None, **kwargs,
+        output_attentions=None, output_hidden_states=None, **kwargs,
     ):
         """Embed chunked audio (or precomputed audio-encoder states): `pooler_output` is the L2-normalised (B, projection_dim) embedding.
 
         `chunk_spans` (where each chunk came from in the recording) is accepted from the processor's output and not used.
         """
-        check_transformers_kwargs("get_audio_features", kwargs, output_attentions, output_hidden_states)
+        check_transformers_kwargs("get_audio_features", kwargs, self.config, output_attentions, output_hidden_states)
         one_of("input_features", input_features, "audio_hidden_states", audio_hidden_states)
         chunk_embeds, chunk_mask, _, _ = self._audio_chunks(
             input_features, chunk_mask, audio_attention_mask, audio_hidden_states=audio_hidden_states
         )
         pooled, weights = self.chunk_pooling(chunk_embeds, chunk_mask)
-        output = AtrAudioOutput(last_hidden_state=chunk_embeds, pooler_output=F.normalize(pooled, dim=-1), chunk_weights=weights)
-        return output if return_dict is not False else output.to_tuple()
+        return AtrAudioOutput(last_hidden_state=chunk_embeds, pooler_output=F.normalize(pooled, dim=-1), chunk_weights=weights)
 
     def get_chunk_embeddings(self, chunk_features: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Embeddings (N, D) of N real chunks' features (and frame mask) in one pass: what `get_audio_features` pools."""
         hidden, mask = self.audio_model(chunk_features, frame_mask)
         return self.audio_projection(self._pool_audio_tokens(self.audio_head(hidden, mask), mask))
 
+    @can_return_tuple
     def forward(
         self, input_ids=None, attention_mask=None, token_type_ids=None, input_features=None, chunk_mask=None,
         audio_attention_mask=None, chunk_spans=None, return_loss=None, audio_hidden_states=None, text_hidden_states=None,
-        return_dict=None, output_attentions=None, output_hidden_states=None,
+        output_attentions=None, output_hidden_states=None,
         alignment_scale: float | None = None, **kwargs,
     ) -> AtrOutput:
         r"""Embed audio and/or text; with `return_loss=True` and both modalities, also compute the hybrid loss.
@@ -296,7 +316,7 @@ class AtrModel(AtrPreTrainedModel):
         replace `input_features` / `input_ids` by the frozen encoders' precomputed outputs (`atr.cache`): only the
         heads, attention, pooling and loss run. `chunk_spans` is accepted from the processor's output and not used.
         """
-        check_transformers_kwargs("forward", kwargs, output_attentions, output_hidden_states)
+        check_transformers_kwargs("forward", kwargs, self.config, output_attentions, output_hidden_states)
         one_of("input_features", input_features, "audio_hidden_states", audio_hidden_states, required=False)
         one_of("input_ids", input_ids, "text_hidden_states", text_hidden_states, required=False)
         has_text, has_audio = input_ids is not None or text_hidden_states is not None, input_features is not None or audio_hidden_states is not None
@@ -329,11 +349,10 @@ class AtrModel(AtrPreTrainedModel):
                 chunk_embeds, chunk_mask, audio_tokens, audio_token_mask, text_values, text_mask, audio_embeds, text_embeds
             )
             losses = self.hybrid_loss(audio_embeds, text_embeds, pair_audio, pair_text, scale, alignment_scale)
-        output = AtrOutput(
+        return AtrOutput(
             logits_per_audio=logits_per_audio, logits_per_text=logits_per_text, text_embeds=text_embeds,
             audio_embeds=audio_embeds, chunk_weights=chunk_weights, **losses,
         )
-        return output if return_dict is not False else output.to_tuple()
 
     # ---- training-only parts --------------------------------------------------------------------------------
 

@@ -42,7 +42,7 @@ def test_config_return_dict_false_gives_tuples_unless_the_keyword_says_otherwise
 
 @pytest.mark.parametrize("flag", ["output_attentions", "output_hidden_states"])
 def test_config_output_flags_are_refused_like_the_keywords(flag):
-    model = make_model()
+    model = make_model(attn_implementation="eager")  # transformers refuses output_attentions itself under sdpa
     batch = inputs(model.config)
     setattr(model.config, flag, True)
     with pytest.raises(ValueError, match=f"config.{flag}=True.*get_text_encoder_states"):
@@ -57,7 +57,11 @@ def test_config_output_flags_are_refused_like_the_keywords(flag):
 
 def test_whisper_positions_recreated_on_load_are_whispers_sinusoids(tmp_path):
     model = make_model("whisper")
+    with torch.no_grad():  # a checkpoint's own positions (a real Whisper's differ slightly from the formula)
+        model.audio_model.encoder.embed_positions.weight.add_(0.01)
     model.save_pretrained(tmp_path)
+    reloaded = AtrModel.from_pretrained(tmp_path)
+    assert torch.equal(reloaded.audio_model.encoder.embed_positions.weight, model.audio_model.encoder.embed_positions.weight)
     shorter = copy.deepcopy(model.config)
     shorter.audio_config.max_source_positions = 30
     resized = AtrModel.from_pretrained(tmp_path, config=shorter, ignore_mismatched_sizes=True)
