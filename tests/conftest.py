@@ -8,7 +8,7 @@ from transformers import BertModel
 
 def pytest_configure(config):
     """Register the markers transformers' common tests (test_transformers_common.py) put on theirs."""
-    for marker in ("accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test", "torch_compile_test"):
+    for marker in ("slow", "accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test", "torch_compile_test"):
         config.addinivalue_line("markers", f"{marker}: a marker of transformers' own tests")
 
 
