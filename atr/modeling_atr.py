@@ -85,19 +85,15 @@ class AtrPreTrainedModel(PreTrainedModel):
     def initialize_weights(self):
         """Initialise what was not loaded; Whisper positions re-created on load (another max_source_positions) get Whisper's sinusoids."""
         super().initialize_weights()
-        # WhisperPreTrainedModel sets them when it visits the WhisperEncoder, which transformers skips under custom code (as
-        # atr is): a module without parameters of its own counts as initialised. Loaded positions are flagged and kept.
-        for module in self.modules():
-            if isinstance(module, WhisperEncoder):
-                init.copy_(module.embed_positions.weight, sinusoids(*module.embed_positions.weight.shape))
+        # Whisper's own init sets them on the WhisperEncoder, which custom code (atr) skips: it has no parameters of its own.
+        for encoder in (module for module in self.modules() if isinstance(module, WhisperEncoder)):
+            init.copy_(encoder.embed_positions.weight, sinusoids(*encoder.embed_positions.weight.shape))  # loaded ones are kept
 
     def _sdpa_can_dispatch(self, is_init_check=False):
         """SDPA for the whole model needs it in both encoders (atr's own layers always use it); HTSAT has eager attention only."""
         if self.config.audio_config.model_type == "clap_audio_model" and not ClapAudioModel._supports_sdpa:
-            raise ValueError(
-                "attn_implementation='sdpa' reaches the HTSAT audio encoder (ClapAudioModel), which has eager attention only: "
-                "leave attn_implementation unset (each encoder then uses SDPA where it has it) or pass {'text_config': 'sdpa'}"
-            )
+            raise ValueError("attn_implementation='sdpa' reaches HTSAT (ClapAudioModel), which has eager attention only: leave "
+                             "attn_implementation unset (each encoder uses SDPA where it has it) or pass {'text_config': 'sdpa'}")
         return super()._sdpa_can_dispatch(is_init_check)
 
 
@@ -303,8 +299,7 @@ class AtrModel(AtrPreTrainedModel):
     def forward(
         self, input_ids=None, attention_mask=None, token_type_ids=None, input_features=None, chunk_mask=None,
         audio_attention_mask=None, chunk_spans=None, return_loss=None, audio_hidden_states=None, text_hidden_states=None,
-        output_attentions=None, output_hidden_states=None,
-        alignment_scale: float | None = None, **kwargs,
+        output_attentions=None, output_hidden_states=None, alignment_scale: float | None = None, **kwargs,
     ) -> AtrOutput:
         r"""Embed audio and/or text; with `return_loss=True` and both modalities, also compute the hybrid loss.
 

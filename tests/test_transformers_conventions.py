@@ -82,7 +82,7 @@ def test_sdpa_is_used_where_every_encoder_has_it_and_refused_by_atr_where_one_la
     make_model("clap").save_pretrained(htsat)
     model = AtrModel.from_pretrained(whisper, attn_implementation="sdpa")
     assert (model.config.audio_config._attn_implementation, model.config.text_config._attn_implementation) == ("sdpa", "sdpa")
-    with pytest.raises(ValueError, match="HTSAT.*eager attention only.*leave attn_implementation unset"):
+    with pytest.raises(ValueError, match="HTSAT.*eager attention only: leave attn_implementation unset"):
         AtrModel.from_pretrained(htsat, attn_implementation="sdpa")
     # unset: each encoder picks the best it has; per encoder: what each one supports
     for request in (None, {"text_config": "sdpa", "audio_config": "eager"}):
