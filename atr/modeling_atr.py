@@ -61,7 +61,6 @@ class AtrPreTrainedModel(PreTrainedModel):
     config: AtrConfig
     config_class = AtrConfig
     base_model_prefix = "atr"
-    main_input_name = "input_ids"  # forward's first argument, as in ClapModel; the Trainer counts tokens and FLOPs on it
     input_modalities = ("audio", "text")
     supports_gradient_checkpointing = False
     _supports_sdpa = True
@@ -83,9 +82,8 @@ class AtrPreTrainedModel(PreTrainedModel):
             init.normal_(module.query, std=self.config.initializer_range)
 
     def initialize_weights(self):
-        """Initialise what was not loaded; Whisper positions re-created on load (another max_source_positions) get Whisper's sinusoids."""
+        """Initialise what was not loaded, re-created Whisper positions as Whisper's sinusoids (custom code skips Whisper's own init)."""
         super().initialize_weights()
-        # Whisper's own init sets them on the WhisperEncoder, which custom code (atr) skips: it has no parameters of its own.
         for encoder in (module for module in self.modules() if isinstance(module, WhisperEncoder)):
             init.copy_(encoder.embed_positions.weight, sinusoids(*encoder.embed_positions.weight.shape))  # loaded ones are kept
 

@@ -71,7 +71,8 @@ def test_whisper_positions_recreated_on_load_are_whispers_sinusoids(tmp_path):
 
 
 def test_main_input_name_is_forwards_first_argument():
-    # transformers' convention (ClapModel: input_ids); the Trainer reads it to count tokens and FLOPs
+    # transformers' convention: PreTrainedModel's default, which AtrModel keeps as ClapModel does; the Trainer counts
+    # tokens and FLOPs on it
     parameters = [p for p in inspect.signature(AtrModel.forward).parameters if p != "self"]
     assert AtrModel.main_input_name == parameters[0] == "input_ids"
 
