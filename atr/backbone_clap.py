@@ -151,6 +151,10 @@ class ClapBackbone(AudioBackbone):
         mask = np.ones((len(chunks), extractor.frames_per_chunk), dtype=np.int64)
         return np.asarray(out["input_features"], dtype=np.float32), mask
 
+    def sdpa_refusal(self):
+        """HTSAT has eager attention only (transformers' ClapAudioModel)."""
+        return "" if ClapAudioModel._supports_sdpa else "HTSAT (ClapAudioModel) has eager attention only"
+
     def load_backbone(self, path, **config_overrides):
         """HTSAT from a `ClapModel` checkpoint (`ClapAudioModel.from_pretrained` would silently load no weights)."""
         from transformers import ClapModel

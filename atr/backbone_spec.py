@@ -66,6 +66,13 @@ class AudioBackbone:
 
     # ---- torch ----------------------------------------------------------------------------------------------
 
+    def sdpa_refusal(self) -> str:
+        """Why `attn_implementation="sdpa"` cannot reach this family's encoder ("" when it can): AtrModel refuses with it."""
+        return ""
+
+    def init_recreated_weights(self, adapter) -> None:
+        """Initialise encoder weights that transformers re-created rather than loaded, as the family's own init would."""
+
     def load_backbone(self, path, **config_overrides):
         """A pretrained encoder from a checkpoint: its `.config` builds the adapter and its state dict loads into `.encoder`."""
         raise NotImplementedError(f"{type(self).__name__} loads no pretrained checkpoints: build AtrModel from an AtrConfig")

@@ -4,6 +4,7 @@ import copy
 
 import numpy as np
 from torch import nn
+from transformers import initialization as init
 from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
 from transformers.models.whisper.modeling_whisper import WhisperEncoder, sinusoids
 
@@ -112,6 +113,11 @@ class WhisperBackbone(AudioBackbone):
             chunks, sampling_rate=extractor.sampling_rate, max_length=extractor.window_samples, return_attention_mask=True
         )
         return np.asarray(out["input_features"], dtype=np.float32), np.asarray(out["attention_mask"], dtype=np.int64)
+
+    def init_recreated_weights(self, adapter):
+        """Re-created positions (e.g. another max_source_positions) are Whisper's sinusoids, not N(0, 0.02); loaded ones stay."""
+        # transformers skips a custom model's submodules without parameters of their own, so Whisper's init never runs here
+        init.copy_(adapter.encoder.embed_positions.weight, sinusoids(*adapter.encoder.embed_positions.weight.shape))
 
     def load_backbone(self, path, max_source_positions=None, **config_overrides):
         """The encoder of a Whisper checkpoint, its own sinusoidal positions cut (or extended) to `max_source_positions`."""

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, ClapAudioModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.models.whisper.modeling_whisper import WhisperEncoder, sinusoids
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .backbones_atr import audio_backbone, audio_backbone_for_checkpoint
@@ -82,16 +81,17 @@ class AtrPreTrainedModel(PreTrainedModel):
             init.normal_(module.query, std=self.config.initializer_range)
 
     def initialize_weights(self):
-        """Initialise what was not loaded, re-created Whisper positions as Whisper's sinusoids (custom code skips Whisper's own init)."""
+        """Initialise what was not loaded; re-created audio-encoder weights as the backbone family's own init would."""
         super().initialize_weights()
-        for encoder in (module for module in self.modules() if isinstance(module, WhisperEncoder)):
-            init.copy_(encoder.embed_positions.weight, sinusoids(*encoder.embed_positions.weight.shape))  # loaded ones are kept
+        if hasattr(self, "audio_model"):
+            audio_backbone(self.config.audio_config.model_type).init_recreated_weights(self.audio_model)
 
     def _sdpa_can_dispatch(self, is_init_check=False):
-        """SDPA for the whole model needs it in both encoders (atr's own layers always use it); HTSAT has eager attention only."""
-        if self.config.audio_config.model_type == "clap_audio_model" and not ClapAudioModel._supports_sdpa:
-            raise ValueError("attn_implementation='sdpa' reaches HTSAT (ClapAudioModel), which has eager attention only: leave "
-                             "attn_implementation unset (each encoder uses SDPA where it has it) or pass {'text_config': 'sdpa'}")
+        """SDPA for the whole model needs it in both encoders (atr's own layers always use it)."""
+        refusal = audio_backbone(self.config.audio_config.model_type).sdpa_refusal()
+        if refusal:
+            raise ValueError(f"attn_implementation='sdpa' reaches the audio encoder, but {refusal}: leave attn_implementation "
+                             "unset (each encoder uses SDPA where it has it) or pass {'text_config': 'sdpa'}")
         return super()._sdpa_can_dispatch(is_init_check)
 
 
