@@ -24,6 +24,9 @@ class AtrConfig(PreTrainedConfig):
         text_pooling: `cls`, `mean` or `last_token` (decoder LLMs) pooling of the text tokens.
         audio_token_pooling: `mean` or `mean_max` (mean + max) pooling of each chunk's audio tokens.
         lambda_cosine / lambda_l1 / lambda_contrastive: hybrid-loss weights.
+        lambda_pair_contrastive: weight of a variant term, InfoNCE over the training-only pair vectors (0: the paper's loss).
+        alignment_pairs: what the cosine and L1 terms align: `cross_modal` (the paper: the cross-modal attention's pair
+            vectors) or `inference` (a variant: each pair's inference embeddings themselves).
         alignment_warmup_steps: AtrTrainer ramps the cosine and L1 weights linearly from 0 over this many steps. An
             encoder trained from scratch starts with near-identical outputs, where the alignment terms alone collapse
             every embedding onto one point (a fixed point the contrastive term cannot leave); 0 keeps full weights.
@@ -54,6 +57,8 @@ class AtrConfig(PreTrainedConfig):
     lambda_cosine: float = 1.0
     lambda_l1: float = 1.0
     lambda_contrastive: float = 1.0
+    lambda_pair_contrastive: float = 0.0
+    alignment_pairs: str = "cross_modal"
     alignment_warmup_steps: int = 0
     logit_scale_init_value: float = 1 / 0.07
     logit_scale_max: float = 100.0
@@ -68,6 +73,8 @@ class AtrConfig(PreTrainedConfig):
         audio_backbone(getattr(self.audio_config, "model_type", None)).check_config(self.audio_config)
         if self.audio_token_pooling not in ("mean", "mean_max"):
             raise ValueError(f"audio_token_pooling is {self.audio_token_pooling!r}, expected 'mean' or 'mean_max'")
+        if self.alignment_pairs not in ("cross_modal", "inference"):
+            raise ValueError(f"alignment_pairs is {self.alignment_pairs!r}, expected 'cross_modal' or 'inference'")
         if self.text_pooling not in TEXT_POOLING_MODES:
             raise ValueError(f"text_pooling is {self.text_pooling!r}, expected one of {TEXT_POOLING_MODES}")
         for width, name in (("head_hidden_size", "head_heads"), ("projection_dim", "cross_modal_heads")):

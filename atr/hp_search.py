@@ -6,7 +6,7 @@ come from the trial, trains it as `train.py` would, and is scored on the validat
 
 from __future__ import annotations
 
-from .loss_atr import LOSS_WEIGHTS
+from .loss_atr import PAPER_WEIGHTS as LOSS_WEIGHTS
 
 
 def hp_space(trial) -> dict:

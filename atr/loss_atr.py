@@ -22,13 +22,19 @@ LOSS_TERMS = {
     "loss_cosine": LossTerm("lambda_cosine", "mean_i(1 - cos(a~_i, t~_i))", alignment=True),
     "loss_l1": LossTerm("lambda_l1", "mean_(i,d) |a~_id - t~_id|", alignment=True),
     "loss_contrastive": LossTerm("lambda_contrastive", "(CE(s * A T^T, diag) + CE(s * T A^T, diag)) / 2", alignment=False),
+    # A variant (issue 27): the pair vectors also scored against the batch's other pairs, not only aligned.
+    "loss_pair_contrastive": LossTerm("lambda_pair_contrastive", "(CE(s * A~ T~^T, diag) + CE(s * T~ A~^T, diag)) / 2", alignment=False),
 }
 LOSS_WEIGHTS = tuple(term.weight for term in LOSS_TERMS.values())
+PAPER_TERMS = ("loss_cosine", "loss_l1", "loss_contrastive")  # the paper's three; the others are variants
+PAPER_WEIGHTS = tuple(LOSS_TERMS[name].weight for name in PAPER_TERMS)  # what the hyperparameter search tunes
 
 
 def loss_formula(config) -> str:
     """The hybrid loss with `config`'s weights, one term per line (the model card's formula)."""
-    terms = [f"{getattr(config, term.weight):g} * {term.formula}" for term in LOSS_TERMS.values()]
+    # A zero-weight variant term is left out: the card shows the loss the model was trained with.
+    terms = [f"{getattr(config, term.weight):g} * {term.formula}" for name, term in LOSS_TERMS.items()
+             if getattr(config, term.weight) or name in PAPER_TERMS]
     return "loss = " + "\n     + ".join(terms)
 
 
@@ -71,6 +77,8 @@ class AtrHybridLoss(nn.Module):
     deciding where to look (in each chunk, then across chunks); t~_i mixes only caption i's token values, the
     recording's embedding deciding where to look. Neither can copy the other modality, so the alignment terms align.
     During the warm-up the two alignment weights are multiplied by `alignment_scale` (see `warmup_scale`).
+    Two variants: `lambda_pair_contrastive` adds the same InfoNCE over the pair vectors (A~, T~), and
+    `alignment_pairs="inference"` makes the pairs the inference embeddings themselves (a~_i = A_i, t~_i = T_i).
     """
 
     def __init__(self, config):
@@ -92,6 +100,7 @@ class AtrHybridLoss(nn.Module):
             "loss_cosine": (1 - (pair_audio * pair_text).sum(-1)).mean(),
             "loss_l1": (pair_audio - pair_text).abs().mean(),
             "loss_contrastive": contrastive_loss(audio_embeds, text_embeds, logit_scale, self.config.gather_negatives),
+            "loss_pair_contrastive": contrastive_loss(pair_audio, pair_text, logit_scale, self.config.gather_negatives),
         }
 
         def weighted(alignment):
@@ -101,4 +110,4 @@ class AtrHybridLoss(nn.Module):
         return {**terms, "loss": scale * weighted(True) + weighted(False)}
 
 
-__all__ = ["AtrHybridLoss", "LOSS_TERMS", "LOSS_WEIGHTS"]
+__all__ = ["AtrHybridLoss", "LOSS_TERMS", "LOSS_WEIGHTS", "PAPER_TERMS", "PAPER_WEIGHTS"]

@@ -30,8 +30,8 @@ from .loss_atr import AtrHybridLoss
 class AtrOutput(ModelOutput):
     """Output of [`AtrModel.forward`]; field order makes `zero-shot-audio-classification` and `feature-extraction` work.
 
-    `loss` is the hybrid loss (only with `return_loss=True`), `loss_contrastive`, `loss_cosine` and `loss_l1` its
-    unweighted terms ([`AtrHybridLoss`]), `logits_per_audio` (n_audio, n_text) and `logits_per_text` the scaled
+    `loss` is the hybrid loss (only with `return_loss=True`), `loss_contrastive`, `loss_cosine`, `loss_l1` (and the
+    variant `loss_pair_contrastive`) its unweighted terms ([`AtrHybridLoss`]), `logits_per_audio` (n_audio, n_text) and `logits_per_text` the scaled
     similarities, `text_embeds` / `audio_embeds` the L2-normalised embeddings, `chunk_weights` (n_audio, n_chunks) how
     much each chunk of a recording contributed to its embedding.
     """
@@ -45,6 +45,7 @@ class AtrOutput(ModelOutput):
     loss_contrastive: torch.FloatTensor | None = None
     loss_cosine: torch.FloatTensor | None = None
     loss_l1: torch.FloatTensor | None = None
+    loss_pair_contrastive: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -337,10 +338,13 @@ class AtrModel(AtrPreTrainedModel):
                     f"return_loss=True needs paired inputs, got {audio_embeds.shape[0]} clips and "
                     f"{text_embeds.shape[0]} captions: pass one caption per clip"
                 )
-            text_values = self.text_projection(text_tokens) if self.config.cross_modal_attention else None
-            pair_audio, pair_text = self.pair_embeddings(
-                chunk_embeds, chunk_mask, audio_tokens, audio_token_mask, text_values, text_mask, audio_embeds, text_embeds
-            )
+            if self.config.alignment_pairs == "inference":
+                pair_audio, pair_text = audio_embeds, text_embeds
+            else:
+                text_values = self.text_projection(text_tokens) if self.config.cross_modal_attention else None
+                pair_audio, pair_text = self.pair_embeddings(
+                    chunk_embeds, chunk_mask, audio_tokens, audio_token_mask, text_values, text_mask, audio_embeds, text_embeds
+                )
             losses = self.hybrid_loss(audio_embeds, text_embeds, pair_audio, pair_text, scale, alignment_scale)
         return AtrOutput(
             logits_per_audio=logits_per_audio, logits_per_text=logits_per_text, text_embeds=text_embeds,

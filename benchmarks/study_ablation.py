@@ -3,7 +3,7 @@
 Each variant is one `train.py` run per seed on the frozen study encoder with `--cache_encoder_outputs`, the same
 samples seen and batch size; test mAP@10 and R@1 in both directions, mean and standard deviation over seeds.
 
-python benchmarks/study_ablation.py [--batch_size 16] [--seeds 0,1,2] [--samples_seen 2400] [--dataset ...]
+python benchmarks/study_ablation.py [--batch_size 16] [--seeds 0,1,2] [--samples_seen 2400] [--dataset ...] [--variants 0,6,7]
 """
 
 import sys
@@ -20,6 +20,9 @@ VARIANTS = {
     "no L1 term": {"lambda_l1": 0.0},
     "no contrastive term": {"lambda_contrastive": 0.0},
     "contrastive only": {"lambda_cosine": 0.0, "lambda_l1": 0.0, "cross_modal_attention": False},
+    # Two principled variants of the alignment (issue 27): align what inference uses, or also contrast the pair vectors.
+    "alignment on the inference embeddings": {"alignment_pairs": "inference", "cross_modal_attention": False},
+    "full + contrastive pair vectors": {"lambda_pair_contrastive": 1.0},
 }
 
 
@@ -41,11 +44,15 @@ def plot(rows):
 def main(argv=None):
     """One train.py run per variant and seed; write the table and plot."""
     parser = _study.study_parser(__doc__, NAME)
+    parser.add_argument("--variants", default=None, help="comma-separated indices into VARIANTS (default: all)")
     args = parser.parse_args(argv)
+    chosen = range(len(VARIANTS)) if args.variants is None else [int(i) for i in args.variants.split(",")]
     started = _study.setup(args)
 
     runs = []
     for index, (variant, overrides) in enumerate(VARIANTS.items()):
+        if index not in chosen:
+            continue
         for seed in _study.parse_seeds(args.seeds):
             run = _study.train_run(args, Path(args.output_dir) / "runs" / f"variant{index}-seed{seed}", seed, model_config=overrides, keep_model=False)
             runs.append({"variant": variant, **run})

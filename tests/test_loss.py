@@ -11,7 +11,7 @@ from tiny import tiny_atr_config, tiny_features
 from transformers import TrainingArguments
 
 from atr import AtrConfig, AtrModel, hp_search
-from atr.loss_atr import LOSS_TERMS, LOSS_WEIGHTS, AtrHybridLoss
+from atr.loss_atr import LOSS_TERMS, LOSS_WEIGHTS, PAPER_WEIGHTS, AtrHybridLoss
 from atr.model_card import _loss
 from atr.modeling_atr import AtrOutput
 from atr.trainer import AtrTrainer
@@ -108,13 +108,14 @@ def test_no_loss_math_outside_the_loss_file():
 
 
 def test_loss_term_names_and_weights_come_from_the_loss_file():
-    assert tuple(LOSS_TERMS) and hp_search.LOSS_WEIGHTS is LOSS_WEIGHTS
+    assert tuple(LOSS_TERMS) and hp_search.LOSS_WEIGHTS is PAPER_WEIGHTS
     assert LOSS_WEIGHTS == tuple(term.weight for term in LOSS_TERMS.values())
     assert all(weight in AtrConfig().to_dict() for weight in LOSS_WEIGHTS)
     assert {f.name for f in dataclasses.fields(AtrOutput) if f.name.startswith("loss")} == {"loss", *LOSS_TERMS}
-    card = _loss(tiny_atr_config(lambda_cosine=0.5, lambda_l1=0.25, lambda_contrastive=3.0))
+    card = _loss(tiny_atr_config(lambda_cosine=0.5, lambda_l1=0.25, lambda_contrastive=3.0, lambda_pair_contrastive=0.5))
     for term in LOSS_TERMS.values():
         assert term.formula in card
+    assert "A~ T~^T" not in _loss(tiny_atr_config())  # a zero-weight variant is not in the card
     assert "0.5 * mean_i(1 - cos(a~_i, t~_i))" in card and "3 * (CE(" in card
 
 
@@ -131,3 +132,24 @@ def test_trainer_logs_every_loss_term(tmp_path):
 def test_loss_file_travels_with_the_model(tmp_path):
     make_model().save_pretrained(tmp_path)
     assert (tmp_path / "loss_atr.py").is_file()
+
+
+def test_pair_contrastive_variant_is_infonce_over_the_normalised_pair_vectors_with_its_own_weight():
+    config = tiny_atr_config(lambda_pair_contrastive=0.7)
+    g = torch.Generator().manual_seed(1)
+    audio, text = F.normalize(torch.randn(4, 8, generator=g), dim=-1), F.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    pair_audio, pair_text = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
+    out = AtrHybridLoss(config)(audio, text, pair_audio, pair_text, torch.tensor(10.0))
+    logits = 10.0 * F.normalize(pair_audio, dim=-1) @ F.normalize(pair_text, dim=-1).T
+    expected = (F.cross_entropy(logits, torch.arange(4)) + F.cross_entropy(logits.T, torch.arange(4))) / 2
+    torch.testing.assert_close(out["loss_pair_contrastive"], expected)
+    torch.testing.assert_close(out["loss"], out["loss_cosine"] + out["loss_l1"] + out["loss_contrastive"] + 0.7 * expected)
+
+
+def test_alignment_pairs_inference_aligns_the_inference_embeddings_of_each_pair():
+    model = make_model(alignment_pairs="inference").eval()
+    with torch.no_grad():
+        out = model(**paired_inputs(model.config), return_loss=True)
+    torch.testing.assert_close(out.loss_cosine, (1 - (out.audio_embeds * out.text_embeds).sum(-1)).mean())
+    with pytest.raises(ValueError, match="alignment_pairs"):
+        tiny_atr_config(alignment_pairs="tokens")
