@@ -85,6 +85,15 @@ class AtrHybridLoss(nn.Module):
         super().__init__()
         self.config = config
 
+    @staticmethod
+    def check_paired(audio_embeds: torch.Tensor, text_embeds: torch.Tensor) -> None:
+        """Refuse unpaired batches: the loss pairs clip i with caption i."""
+        if audio_embeds.shape[0] != text_embeds.shape[0]:
+            raise ValueError(
+                f"return_loss=True needs paired inputs, got {audio_embeds.shape[0]} clips and "
+                f"{text_embeds.shape[0]} captions: pass one caption per clip"
+            )
+
     def warmup_scale(self, step: int) -> float:
         """The alignment weights' factor at optimizer step `step`: linear from 0 to 1 over config.alignment_warmup_steps."""
         warmup = self.config.alignment_warmup_steps
@@ -95,6 +104,7 @@ class AtrHybridLoss(nn.Module):
         logit_scale: torch.Tensor, alignment_scale: float | None = None,
     ) -> dict[str, torch.Tensor]:
         """Terms (unweighted, named as in LOSS_TERMS) and `loss`, their weighted sum (alignment ones times `alignment_scale`, None: 1)."""
+        self.check_paired(audio_embeds, text_embeds)
         pair_audio, pair_text = F.normalize(pair_audio, dim=-1), F.normalize(pair_text, dim=-1)
         terms = {
             "loss_cosine": (1 - (pair_audio * pair_text).sum(-1)).mean(),

@@ -30,10 +30,10 @@ from .loss_atr import AtrHybridLoss
 class AtrOutput(ModelOutput):
     """Output of [`AtrModel.forward`]; field order makes `zero-shot-audio-classification` and `feature-extraction` work.
 
-    `loss` is the hybrid loss (only with `return_loss=True`), `loss_contrastive`, `loss_cosine`, `loss_l1` (and the
-    variant `loss_pair_contrastive`) its unweighted terms ([`AtrHybridLoss`]), `logits_per_audio` (n_audio, n_text) and `logits_per_text` the scaled
-    similarities, `text_embeds` / `audio_embeds` the L2-normalised embeddings, `chunk_weights` (n_audio, n_chunks) how
-    much each chunk of a recording contributed to its embedding.
+    `loss` is the hybrid loss (only with `return_loss=True`), the other `loss_*` fields its unweighted terms (named in
+    `loss_atr.LOSS_TERMS`), `logits_per_audio` (n_audio, n_text) and `logits_per_text` the scaled similarities,
+    `text_embeds` / `audio_embeds` the L2-normalised embeddings, `chunk_weights` (n_audio, n_chunks) how much each
+    chunk of a recording contributed to its embedding.
     """
 
     loss: torch.FloatTensor | None = None
@@ -333,18 +333,11 @@ class AtrModel(AtrPreTrainedModel):
             logits_per_audio = scale * audio_embeds @ text_embeds.t()
             logits_per_text = logits_per_audio.t()
         if want_loss:
-            if audio_embeds.shape[0] != text_embeds.shape[0]:
-                raise ValueError(
-                    f"return_loss=True needs paired inputs, got {audio_embeds.shape[0]} clips and "
-                    f"{text_embeds.shape[0]} captions: pass one caption per clip"
-                )
-            if self.config.alignment_pairs == "inference":
-                pair_audio, pair_text = audio_embeds, text_embeds
-            else:
-                text_values = self.text_projection(text_tokens) if self.config.cross_modal_attention else None
-                pair_audio, pair_text = self.pair_embeddings(
-                    chunk_embeds, chunk_mask, audio_tokens, audio_token_mask, text_values, text_mask, audio_embeds, text_embeds
-                )
+            self.hybrid_loss.check_paired(audio_embeds, text_embeds)  # before the pair vectors index captions by clip
+            text_values = self.text_projection(text_tokens) if self.config.cross_modal_attention else None
+            pair_audio, pair_text = self.pair_embeddings(
+                chunk_embeds, chunk_mask, audio_tokens, audio_token_mask, text_values, text_mask, audio_embeds, text_embeds
+            )
             losses = self.hybrid_loss(audio_embeds, text_embeds, pair_audio, pair_text, scale, alignment_scale)
         return AtrOutput(
             logits_per_audio=logits_per_audio, logits_per_text=logits_per_text, text_embeds=text_embeds,
@@ -358,10 +351,13 @@ class AtrModel(AtrPreTrainedModel):
 
         `audio_tokens` (N, L, H) are the head tokens of the N real chunks (row-major over `chunk_mask` (B, C)), whose
         values are `audio_projection(audio_tokens)` (N, L, D); `text_values` (B, T, D) are the caption tokens' values;
-        the caption's embedding `text_query` (B, D) picks where a~ looks
-        (tokens within each chunk, then chunks), the recording's embedding `audio_query` (B, D) where t~ looks.
+        the caption's embedding `text_query` (B, D) picks where a~ looks (tokens within each chunk, then chunks), the
+        recording's embedding `audio_query` (B, D) where t~ looks.
         Without cross-modal attention: a~ pools the chunk embeddings with the caption as query, t~ is `text_query`.
+        With `alignment_pairs="inference"` (a variant): the inference embeddings themselves.
         """
+        if self.config.alignment_pairs == "inference":
+            return audio_query, text_query
         if not self.config.cross_modal_attention:
             pooled, _ = self.chunk_pooling(chunk_embeds, chunk_mask, query=text_query)
             return pooled, text_query
@@ -380,7 +376,7 @@ class AtrModel(AtrPreTrainedModel):
         """Build a model around pretrained encoders given by Hub id or local path (a registered audio family's; any text AutoModel).
 
         `audio_config_overrides` changes the audio config before loading, e.g. `{"max_source_positions": 500}` for
-        10 s Whisper windows (the sinusoidal positions are re-created; conv and attention weights load unchanged).
+        10 s Whisper windows (the checkpoint's own positions are cut; conv and attention weights load unchanged).
         With `return_processor=True`, returns `(model, processor)`: an `AtrProcessor` whose feature extractor follows
         the audio checkpoint's own preprocessor config (mel scale, range, rate) and the text checkpoint's tokenizer.
         """

@@ -153,3 +153,11 @@ def test_alignment_pairs_inference_aligns_the_inference_embeddings_of_each_pair(
     torch.testing.assert_close(out.loss_cosine, (1 - (out.audio_embeds * out.text_embeds).sum(-1)).mean())
     with pytest.raises(ValueError, match="alignment_pairs"):
         tiny_atr_config(alignment_pairs="tokens")
+
+
+def test_the_loss_refuses_unpaired_batches_naming_the_counts():
+    model = make_model().eval()
+    inputs = paired_inputs(model.config)
+    inputs["input_ids"], inputs["attention_mask"] = inputs["input_ids"][:3], inputs["attention_mask"][:3]
+    with torch.no_grad(), pytest.raises(ValueError, match="needs paired inputs, got 4 clips and 3 captions"):
+        model(**inputs, return_loss=True)
