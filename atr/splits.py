@@ -1,4 +1,4 @@
-"""The train, eval and test datasets of a training run (train.py's `DataArguments`): loaded splits and seeded hold-outs.
+"""The train, eval and test datasets of a training run (atr-train's `DataArguments`): loaded splits and seeded hold-outs.
 
 A source without an eval split (an audiofolder without validation/, a manifest without 'validation' rows) gives a
 seeded slice of train to evaluation during training. A CSV/JSONL manifest without a `split` column gives a seeded
@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from .cli.flags import dataset_source_kwargs
 from .data import has_split, hold_out, is_unsplit_manifest, load_audio_text_dataset
 
 logger = logging.getLogger("atr.train")
@@ -45,7 +46,6 @@ def load_splits(data_args, training_args=None):
         else:
             logger.info("%s and evaluation during training is off: no validation set, training on all of train", where)
         holdout, data_args = evaluating, dataclasses.replace(data_args, eval_split=None)
-    caption_columns = tuple(c for c in data_args.caption_columns.split(",") if c) or None
     synthetic_sizes = dict(zip(("train", "validation", "test"), (int(n) for n in data_args.synthetic_sizes.split(","))))
     splits = {}
     for name, split, limit in (
@@ -57,11 +57,8 @@ def load_splits(data_args, training_args=None):
             splits[name] = None
             continue
         load_kwargs = {"n": synthetic_sizes.get(split)} if data_args.dataset == "synthetic" else None
-        dataset = load_audio_text_dataset(
-            data_args.dataset, split, config_name=data_args.dataset_config, audio_column=data_args.audio_column,
-            caption_columns=caption_columns, streaming=data_args.streaming, skip_bad_audio=data_args.skip_bad_audio,
-            group_by=data_args.group_by, load_kwargs=load_kwargs, caption_separator=data_args.caption_separator,
-        )
+        dataset = load_audio_text_dataset(data_args.dataset, split, streaming=data_args.streaming, load_kwargs=load_kwargs,
+                                          **dataset_source_kwargs(data_args))
         if limit is not None and not data_args.streaming:
             dataset = dataset.select(range(min(limit, len(dataset))))
         splits[name] = dataset

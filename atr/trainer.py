@@ -88,10 +88,9 @@ class AtrTrainer(Trainer):
     # The model returns a batch-mean loss; Trainer divides by the accumulation steps exactly once.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, eval_collator=None, card_kwargs=None, **kwargs):
+    def __init__(self, *args, eval_collator=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_collator = eval_collator
-        self.card_kwargs = card_kwargs or {}
         self._term_sums = defaultdict(float)
         self._term_count = 0
         self.add_callback(_ClampLogitScale(self))
@@ -160,11 +159,13 @@ class AtrTrainer(Trainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
-    def create_model_card(self, *args, **kwargs):
-        """Write our model card (config, loss, training set-up, results) instead of Trainer's generic one."""
+    def create_model_card(self, results=None, *, dataset: str | None = None, split: str | None = None,
+                          data_args: dict | None = None, **trainer_card_kwargs) -> None:
+        """Write atr's model card (config, loss, training set-up, the given results) instead of Trainer's generic one."""
         from .model_card import write_model_card
 
+        # Trainer.push_to_hub passes its own card keywords (model_name, tags, ...): atr's card does not use them
         if self.is_world_process_zero():
             model = self.accelerator.unwrap_model(self.model)
-            write_model_card(self.args.output_dir, model.config, training_args=self.args.to_dict(), model=model,
-                             processor=self.processing_class, **self.card_kwargs)
+            write_model_card(self.args.output_dir, model.config, training_args=self.args.to_dict(), results=results, model=model,
+                             processor=self.processing_class, dataset=dataset, split=split, data_args=data_args)

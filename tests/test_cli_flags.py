@@ -16,9 +16,8 @@ from atr.search import cli
 from atr.search.index import SearchResult
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import evaluate as evaluate_script  # noqa: E402  (the script: it moves its own folder off the front of sys.path)
-import train  # noqa: E402
+from atr.cli import evaluate as evaluate_script  # noqa: E402  (evaluate.py's code)
+from atr.cli import train  # noqa: E402  (train.py's code)
 
 
 def parsers():

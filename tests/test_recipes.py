@@ -22,8 +22,7 @@ import atr.data
 from atr import AtrFeatureExtractor, AtrModel, AtrProcessor, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import train  # noqa: E402
+from atr.cli import train  # noqa: E402  (train.py's code)
 
 _spec = importlib.util.spec_from_file_location("atr_evaluate_cli", ROOT / "evaluate.py")
 evaluate_cli = importlib.util.module_from_spec(_spec)

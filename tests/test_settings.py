@@ -11,8 +11,7 @@ import pytest
 from test_train import TINY, logged_losses, run_train, write_clips
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import train  # noqa: E402
+from atr.cli import train  # noqa: E402  (train.py's code)
 
 DEMO = str(ROOT / "configs" / "demo.yaml")
 

@@ -13,8 +13,7 @@ from tiny import tiny_bert_config, tiny_clap_audio_config, tiny_roberta_config, 
 from transformers import AutoModel, AutoProcessor, BertModel
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import train  # noqa: E402
+from atr.cli import train  # noqa: E402  (train.py's code)
 
 TINY = str(ROOT / "tests" / "configs" / "tiny.yaml")
 EVENTS = {"dog bark": 440.0, "siren": 900.0, "bell": 1500.0, "engine": 120.0}
