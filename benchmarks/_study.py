@@ -15,7 +15,6 @@ uses a real pretrained CLAP or Whisper checkpoint instead.
 import argparse
 import copy
 import gc
-import importlib.util
 import json
 import logging
 import os
@@ -31,7 +30,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # appended, not prepended: the repo's evaluate.py must not shadow the `evaluate` library
-import train  # noqa: E402
+from atr.cli import evaluate as evaluate_cli  # noqa: E402  (the code of the repo's evaluate.py)
+from atr.cli import train  # noqa: E402  (the code of the repo's train.py)
 
 from atr.metrics import save_results  # noqa: E402
 
@@ -45,7 +45,6 @@ HEAD_DEFAULTS = {
     "freeze_audio_encoder": True, "freeze_text_encoder": True,
 }
 METRIC_KEYS = ("t2a_mAP10", "a2t_mAP10", "t2a_R1", "a2t_R1")
-_EVALUATE_CLI = None
 
 
 def study_parser(description, name, **defaults):
@@ -183,21 +182,11 @@ def train_run(args, output_dir, seed, *, batch_size=None, model_config=None, tra
     return record
 
 
-def evaluate_cli():
-    """The repo's evaluate.py as a module (loaded by path: `import evaluate` would be the Hugging Face library)."""
-    global _EVALUATE_CLI
-    if _EVALUATE_CLI is None:
-        spec = importlib.util.spec_from_file_location("atr_evaluate_cli", ROOT / "evaluate.py")
-        _EVALUATE_CLI = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(_EVALUATE_CLI)
-    return _EVALUATE_CLI
-
-
 def evaluate_run(args, model_dir, output_dir, flags):
     """`evaluate.py --model model_dir ...flags`; {condition name: metrics} plus the command."""
     argv = ["--model", str(model_dir), "--output_dir", str(output_dir), "--overwrite", "--no_progress", *flags]
     logger.info("python evaluate.py %s", shlex.join(argv))
-    results = evaluate_cli().main(argv)
+    results = evaluate_cli.main(argv, prog="evaluate.py")
     conditions = {r["condition"]: {k: float(r["metrics"][k]) for k in METRIC_KEYS} for r in results["conditions"]}
     return conditions, ["evaluate.py", *argv]
 

@@ -40,11 +40,11 @@ def save_paper_size_model(directory):
     sys.path.insert(0, str(ROOT))
     from transformers import AutoTokenizer, BertConfig, ClapAudioConfig
 
-    import train
     from atr import AtrConfig, AtrFeatureExtractor, AtrModel, AtrProcessor, resolve_backbone
+    from atr.cli.flags import MINILM_ID
 
     head = yaml.safe_load((ROOT / "configs" / "clotho.yaml").read_text())["model_config"]
-    text_path = resolve_backbone(train.MINILM_ID)
+    text_path = resolve_backbone(MINILM_ID)
     tokenizer = AutoTokenizer.from_pretrained(text_path)
     text_config = BertConfig(vocab_size=tokenizer.vocab_size)  # bert-base size: 12 layers, 768 wide, like RoBERTa-base
     model = AtrModel(AtrConfig(audio_config=ClapAudioConfig(), text_config=text_config, **head))
@@ -58,7 +58,7 @@ def run_mode(mode, args, workdir):
     import torch
     from transformers import TrainerCallback
 
-    import train
+    from atr.cli import train
 
     torch.set_num_threads(args.threads)
     step_times, cpu_times = [], []
@@ -127,9 +127,9 @@ def breakdown(args, workdir):
     sys.path.insert(0, str(ROOT))
     import torch
 
-    import train
-    from atr.cache import CachedCollator, build_audio_cache, build_text_cache
     from atr.augmentation import make_noise_augmentation
+    from atr.cache import CachedCollator, build_audio_cache, build_text_cache
+    from atr.cli import train
     from atr.collator import AtrCollator
 
     torch.set_num_threads(args.threads)

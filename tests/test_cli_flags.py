@@ -1,5 +1,6 @@
 """The command lines as a user meets them: both flag spellings, short help, one-line flag errors, CLI names in messages."""
 
+import dataclasses
 import logging
 import os
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from atr import prepare
+from atr.cli.flags import DatasetArguments, RemoteCodeArguments
 from atr.cli_errors import run_cli
 from atr.search import cli
 from atr.search.index import SearchResult
@@ -134,3 +136,66 @@ def test_a_silent_clip_warns_that_its_scores_mean_nothing(caplog):
     finally:
         hf_logging.disable_propagation()
     assert any("silent throughout" in record.getMessage() for record in caplog.records)
+
+
+# ---------------------------------------------------------------- the CLIs in the package, the top-level entry points
+
+def test_the_top_level_scripts_are_thin_entry_points():
+    for script in ("train.py", "evaluate.py"):
+        lines = (ROOT / script).read_text().splitlines()
+        assert len(lines) < 40, f"{script} has {len(lines)} lines: its code belongs in atr/cli/"
+
+
+def check_help(text, starts, first_flag):
+    """A short usage line, then one paragraph that starts with `starts`, and `first_flag` as the first option listed."""
+    usage, description = text.split("\n\n")[:2]
+    assert len(usage.splitlines()) == 1 and len(usage) < 120, usage
+    assert description.startswith(starts) and len(description.splitlines()) <= 6, description
+    options = text.split("\n\n", 2)[2]
+    first_option = next(line.strip() for line in options.splitlines() if line.strip().startswith("--"))
+    assert first_option.startswith(first_flag), first_option
+
+
+@pytest.mark.parametrize("script, starts, first_flag", [("train.py", "Train", "--config"), ("evaluate.py", "Evaluate", "--model")])
+def test_each_top_level_script_helps_with_a_description_then_its_first_flag(script, starts, first_flag):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(f"usage: {script} ")
+    check_help(result.stdout.removeprefix("usage: "), starts, first_flag)
+
+
+@pytest.mark.parametrize("command, module, starts, first_flag", [
+    ("atr-train", train, "Train", "--config"), ("atr-evaluate", evaluate_script, "Evaluate", "--model"),
+])
+def test_each_console_script_exists_and_helps_with_a_description_then_its_first_flag(command, module, starts, first_flag,
+                                                                                    capsys, monkeypatch):
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts[command] == f"{module.__name__}:cli" and {"atr-search", "atr-convert-whisper"} <= set(scripts)
+    monkeypatch.setattr(sys, "argv", [command, "--help"])
+    with pytest.raises(SystemExit) as stopped:
+        module.cli()  # what the installed command runs
+    assert stopped.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: {command} ")
+    check_help(text.removeprefix("usage: "), starts, first_flag)
+
+
+def test_the_data_flags_are_defined_once_and_both_commands_take_them():
+    shared = {f.name: f for f in dataclasses.fields(DatasetArguments)} | {f.name: f for f in dataclasses.fields(RemoteCodeArguments)}
+    parsers = {"train": train.help_ordered_parser(), "evaluate": evaluate_script.build_parser()}
+    actions = {name: {action.dest: action for action in parser._actions} for name, parser in parsers.items()}
+    # what both commands take: the shared definitions, plus help and the two flags of another meaning
+    assert set(actions["train"]) & set(actions["evaluate"]) == set(shared) | {"help", "seed", "output_dir"}
+    for name, field in shared.items():
+        for command in parsers:
+            action = actions[command][name]
+            assert (action.default, action.help) == (field.default, field.metadata["help"]), (command, name)
+    # a data flag parses the same on both
+    argv = ["--dataset", "d.csv", "--caption-columns", "a,b", "--skip_bad_audio", "--group_by", "clip"]
+    (_, data_args, _, _), _ = train.parse_settings(argv)
+    args = evaluate_script.build_parser().parse_args(argv)
+    assert all(getattr(data_args, f.name) == getattr(args, f.name) for f in dataclasses.fields(DatasetArguments))
+    assert (data_args.dataset, data_args.caption_columns, data_args.skip_bad_audio) == ("d.csv", "a,b", True)

@@ -22,10 +22,11 @@ __all__ = ["build_parser", "cli", "main", "run_comparison", "run_evaluation"]
 logger = logging.getLogger("atr.evaluate")
 OUTPUT_FILES = ("results.json", "comparison.json")
 DESCRIPTION = """\
-Evaluate an atr model (or a transformers ClapModel such as laion/clap-htsat-unfused) on a dataset: retrieval in both
-directions (R@1/5/10, mAP@10) or zero-shot classification, clean and with noise at the SNRs given, written to
---output_dir as results.json, results.md and plots; --compare tests two results.json files against each other
-(Wilcoxon signed-rank). The data flags are those of training. Every flag takes --a_b and --a-b. See docs/evaluation.md."""
+Evaluate an atr model (or a transformers ClapModel such as laion/clap-htsat-unfused) on a dataset:
+retrieval in both directions (R@1/5/10, mAP@10) or zero-shot classification, clean and with noise at
+the SNRs given, written as results.json, results.md and plots to --output_dir; --compare tests two
+results.json files against each other (Wilcoxon signed-rank). The data flags are those of training.
+Every flag takes --a_b and --a-b. See docs/evaluation.md."""
 EXAMPLES = """\
 examples:
   {prog} --model outputs/demo --dataset synthetic --split test --snr clean 15 10 5 --output_dir results/demo
