@@ -4,7 +4,6 @@ train/test-only folder, and best-model selection on validation."""
 import importlib.util
 import io
 import json
-import sys
 from pathlib import Path
 
 import datasets

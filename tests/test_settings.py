@@ -4,7 +4,6 @@ import dataclasses
 import json
 import logging
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
