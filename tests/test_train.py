@@ -65,8 +65,11 @@ def test_trains_from_audiofolder_and_csv_manifest(tmp_path, tiny_text):
     assert 0 <= results["test_a2t_mAP10"] <= 1
 
 
-def test_short_clips_train_with_the_short_clip_config_unless_told_not_to(tmp_path, tiny_text, caplog):
+def test_short_clips_train_with_the_short_clip_config_unless_told_not_to(tmp_path, tiny_text, caplog, monkeypatch):
     import yaml
+
+    built = []  # the switch is decided from the settings and the data: the model is built once, for the final config
+    monkeypatch.setattr(train, "build_model", lambda *args, build=train.build_model: built.append(args[0]) or build(*args))
 
     folder = tmp_path / "words"
     for split in ("train", "test"):
@@ -81,6 +84,7 @@ def test_short_clips_train_with_the_short_clip_config_unless_told_not_to(tmp_pat
     assert "median duration is 0.4" in caplog.text and f"training with {tmp_path / 'short.yaml'} instead" in caplog.text
     assert AutoProcessor.from_pretrained(out).feature_extractor.window_s == 1.0
     assert json.loads((out / "config.json").read_text())["text_config"]["hidden_size"] == 32  # the CLI flags still apply
+    assert len(built) == 1 and json.loads(built[0].feature_extractor_config)["window_s"] == 1.0  # the short config's
     caplog.clear()
     with caplog.at_level("WARNING", logger="atr.train"):
         _, out = run_train(tmp_path / "b", tiny_text, *flags, "--short_clip_config", "")
