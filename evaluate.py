@@ -10,11 +10,11 @@ import os
 import sys
 
 # `python evaluate.py` puts this folder first on sys.path, where this file would shadow the `evaluate` library for any
-# later `import evaluate` in the process; moving the folder last lets the library win while `import atr` still works
-# from a checkout that is not pip-installed.
+# later `import evaluate` in the process; moving the folder last (also where PYTHONPATH names it) lets the library win
+# while `import atr` still works from a checkout that is not pip-installed.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if sys.path and os.path.abspath(sys.path[0] or os.getcwd()) == _HERE:
-    sys.path.append(sys.path.pop(0))
+    sys.path[:] = [path for path in sys.path if os.path.abspath(path or os.getcwd()) != _HERE] + [_HERE]
 
 from atr.cli import evaluate as _cli  # noqa: E402
 
