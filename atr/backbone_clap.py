@@ -2,12 +2,13 @@
 
 import functools
 import math
+import os
 
 import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from torch import nn
-from transformers import ClapAudioConfig, ClapAudioModel, ClapFeatureExtractor
+from transformers import ClapAudioConfig, ClapAudioModel, ClapFeatureExtractor, FeatureExtractionMixin
 from transformers.audio_utils import power_to_db, window_function
 
 from .backbone_spec import AudioBackbone, chunk_length_s
@@ -51,7 +52,7 @@ def bicubic_stretch_matrix(frames: int, target: int) -> np.ndarray:
 class ClapAudioAdapter(nn.Module):
     """HTSAT (transformers `ClapAudioModel`, fused or not): chunk features (N, 1 or 4, frames, mels) to tokens (N, F'*T', hidden)."""
 
-    def __init__(self, audio_config):
+    def __init__(self, audio_config: ClapAudioConfig):
         super().__init__()
         self.encoder = ClapAudioModel(audio_config)
         self.hidden_size = audio_config.hidden_size
@@ -59,7 +60,7 @@ class ClapAudioAdapter(nn.Module):
         htsat = self.encoder.audio_encoder
         self.image_frames = int(htsat.spec_size * htsat.freq_ratio)  # the frames HTSAT stretches a chunk to
 
-    def forward(self, features, frame_mask=None):
+    def forward(self, features: torch.Tensor, frame_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
         """Return the token sequence (N, L, H) and its mask (None: repeat-padded windows hold real sound everywhere)."""
         # A chunk never exceeds the window, so no chunk is "longer" and the fusion branch (local crops) stays off.
         is_longer = torch.zeros(features.shape[0], 1, dtype=torch.bool, device=features.device) if self.fused else None
@@ -81,7 +82,7 @@ class ClapAudioAdapter(nn.Module):
         return torch.einsum("st,nctm->ncsm", matrix, features.float()).to(features.dtype)
 
     @staticmethod
-    def token_mask(frame_mask):
+    def token_mask(frame_mask: torch.Tensor | None) -> None:
         """HTSAT tokens mix frequency and time in a folded image, and its input is repeat-padded: every token is real."""
         return None
 
@@ -100,7 +101,7 @@ class ClapBackbone(AudioBackbone):
     feature_defaults = {"sampling_rate": 48_000, "feature_size": 64, "hop_length": 480, "n_fft": 1024, "window_s": 10.0}
     frame_axis = 1  # (channels, frames, mels)
 
-    def extractor_kwargs(self, audio_config, overrides):
+    def extractor_kwargs(self, audio_config: ClapAudioConfig, overrides: dict) -> dict:
         """The config's mel bins, and a hop that fits the window into HTSAT's spectrogram image."""
         kwargs = dict(backbone=self.name, feature_size=audio_config.num_mel_bins)
         kwargs.update(overrides)
@@ -115,7 +116,7 @@ class ClapBackbone(AudioBackbone):
             kwargs["hop_length"] = hop
         return kwargs
 
-    def pretrained_extractor_kwargs(self, source):
+    def pretrained_extractor_kwargs(self, source: FeatureExtractionMixin) -> dict | None:
         """A CLAP checkpoint's mel scale, range, rate, window and fused-or-not truncation mode."""
         if not isinstance(source, ClapFeatureExtractor):
             return None
@@ -126,7 +127,7 @@ class ClapBackbone(AudioBackbone):
             truncation=source.truncation,
         )
 
-    def chunk_extractor(self, extractor):
+    def chunk_extractor(self, extractor: "AtrFeatureExtractor") -> ClapFeatureExtractor:
         """CLAP's own extractor, repeat-padding each chunk to the window."""
         if extractor.truncation not in ("rand_trunc", "fusion"):
             raise ValueError(f"truncation is {extractor.truncation!r}, expected 'rand_trunc' (unfused CLAP) or 'fusion' (fused CLAP)")
@@ -138,11 +139,11 @@ class ClapBackbone(AudioBackbone):
             truncation=extractor.truncation, padding="repeatpad",
         )
 
-    def chunk_feature_shape(self, extractor):
+    def chunk_feature_shape(self, extractor: "AtrFeatureExtractor") -> tuple[int, int, int]:
         """(1, or 4 with fusion; frames; mels)."""
         return (4 if extractor.truncation == "fusion" else 1, extractor.window_samples // extractor.hop_length + 1, extractor.feature_size)
 
-    def featurize(self, extractor, chunks):
+    def featurize(self, extractor: "AtrFeatureExtractor", chunks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """CLAP's features; the frame mask is all ones, since repeat-padding fills the window with the chunk's own sound."""
         # CLAP's fusion mode draws from numpy's global RNG even when no chunk is long: keep the caller's stream.
         state = np.random.get_state()
@@ -151,24 +152,24 @@ class ClapBackbone(AudioBackbone):
         mask = np.ones((len(chunks), extractor.frames_per_chunk), dtype=np.int64)
         return np.asarray(out["input_features"], dtype=np.float32), mask
 
-    def sdpa_refusal(self):
+    def sdpa_refusal(self) -> str:
         """HTSAT has eager attention only (transformers' ClapAudioModel)."""
         return "" if ClapAudioModel._supports_sdpa else "HTSAT (ClapAudioModel) has eager attention only"
 
-    def load_backbone(self, path, **config_overrides):
+    def load_backbone(self, path: str | os.PathLike, **config_overrides) -> ClapAudioModel:
         """HTSAT from a `ClapModel` checkpoint (`ClapAudioModel.from_pretrained` would silently load no weights)."""
         from transformers import ClapModel
 
         return ClapModel.from_pretrained(path, **config_overrides).audio_model
 
-    def tiny_config(self):
+    def tiny_config(self) -> ClapAudioConfig:
         """HTSAT with 16 mels and a 64x64 spectrogram image: time frames must be <= 256."""
         return ClapAudioConfig(
             patch_size=2, num_mel_bins=16, window_size=4, spec_size=64, patch_stride=2, hidden_size=32,
             patch_embeds_hidden_size=16, projection_dim=32, depths=[2, 2], num_hidden_layers=2, num_attention_heads=[2, 2],
         )
 
-    def tiny_feature_shape(self, audio_config):
+    def tiny_feature_shape(self, audio_config: ClapAudioConfig) -> tuple[int, int, int]:
         """64 frames of one channel."""
         return (1, 64, audio_config.num_mel_bins)
 

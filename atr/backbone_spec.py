@@ -1,9 +1,13 @@
 """AudioBackbone: everything atr knows about one audio backbone family, subclassed once per family (atr/backbone_<family>.py)."""
 
+import os
+
 import numpy as np
+from torch import nn
+from transformers import FeatureExtractionMixin, PreTrainedConfig, PreTrainedModel, SequenceFeatureExtractor
 
 
-def chunk_length_s(extractor) -> float | int:
+def chunk_length_s(extractor: "AtrFeatureExtractor") -> float | int:
     """The extractor's window in seconds, an int when whole: the backbone extractors' sample counts stay integers."""
     return int(extractor.window_s) if extractor.window_s.is_integer() else extractor.window_s
 
@@ -31,36 +35,36 @@ class AudioBackbone:
 
     # ---- config ---------------------------------------------------------------------------------------------
 
-    def check_config(self, audio_config) -> None:
+    def check_config(self, audio_config: PreTrainedConfig) -> None:
         """Refuse an audio config of this family that atr cannot run (AtrConfig calls it); the default accepts all."""
 
-    def encoder_width(self, audio_config) -> int:
+    def encoder_width(self, audio_config: PreTrainedConfig) -> int:
         """The width of the encoder's tokens, for the model card."""
         return audio_config.hidden_size
 
     # ---- numpy features (AtrFeatureExtractor) ---------------------------------------------------------------
 
-    def extractor_kwargs(self, audio_config, overrides: dict) -> dict:
+    def extractor_kwargs(self, audio_config: PreTrainedConfig, overrides: dict) -> dict:
         """AtrFeatureExtractor arguments matching an audio config (`from_audio_config`), `overrides` applied."""
         return {"backbone": self.name, **overrides}
 
-    def pretrained_extractor_kwargs(self, source) -> dict | None:
+    def pretrained_extractor_kwargs(self, source: FeatureExtractionMixin) -> dict | None:
         """AtrFeatureExtractor arguments copying a checkpoint's own feature extractor `source`; None if not this family's."""
         return None
 
-    def pretrained_window(self, kwargs: dict, audio_config) -> dict:
+    def pretrained_window(self, kwargs: dict, audio_config: PreTrainedConfig) -> dict:
         """Arguments that fit a pretrained checkpoint's extractor `kwargs` to an audio config that changed its window."""
         return {}
 
-    def chunk_extractor(self, extractor):
+    def chunk_extractor(self, extractor: "AtrFeatureExtractor") -> SequenceFeatureExtractor | None:
         """The per-chunk featuriser `extractor` keeps (rebuilt from its attributes, never saved); None if featurize needs none."""
         return None
 
-    def chunk_feature_shape(self, extractor) -> tuple[int, ...]:
+    def chunk_feature_shape(self, extractor: "AtrFeatureExtractor") -> tuple[int, ...]:
         """The shape of one chunk's features."""
         raise NotImplementedError(f"{type(self).__name__} must define chunk_feature_shape")
 
-    def featurize(self, extractor, chunks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def featurize(self, extractor: "AtrFeatureExtractor", chunks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Features (N, *chunk_feature_shape) float32 and frame mask (N, frames) int64 of N 1-D chunks of at most one window."""
         raise NotImplementedError(f"{type(self).__name__} must define featurize")
 
@@ -70,20 +74,20 @@ class AudioBackbone:
         """Why `attn_implementation="sdpa"` cannot reach this family's encoder ("" when it can): AtrModel refuses with it."""
         return ""
 
-    def init_recreated_weights(self, adapter) -> None:
+    def init_recreated_weights(self, adapter: nn.Module) -> None:
         """Initialise encoder weights that transformers re-created rather than loaded, as the family's own init would."""
 
-    def load_backbone(self, path, **config_overrides):
+    def load_backbone(self, path: str | os.PathLike, **config_overrides) -> PreTrainedModel:
         """A pretrained encoder from a checkpoint: its `.config` builds the adapter and its state dict loads into `.encoder`."""
         raise NotImplementedError(f"{type(self).__name__} loads no pretrained checkpoints: build AtrModel from an AtrConfig")
 
     # ---- tests ----------------------------------------------------------------------------------------------
 
-    def tiny_config(self):
+    def tiny_config(self) -> PreTrainedConfig:
         """A tiny random audio config of this family, for tests."""
         raise NotImplementedError(f"{type(self).__name__} has no tiny config")
 
-    def tiny_feature_shape(self, audio_config) -> tuple[int, ...]:
+    def tiny_feature_shape(self, audio_config: PreTrainedConfig) -> tuple[int, ...]:
         """One chunk's feature shape that the tiny config's adapter takes, for random test inputs."""
         raise NotImplementedError(f"{type(self).__name__} has no tiny feature shape")
 

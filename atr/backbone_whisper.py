@@ -1,11 +1,13 @@
 """The Whisper encoder family: features, adapter and facts in one place."""
 
 import copy
+import os
 
 import numpy as np
+import torch
 from torch import nn
 from transformers import initialization as init
-from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+from transformers import FeatureExtractionMixin, WhisperConfig, WhisperFeatureExtractor, WhisperModel
 from transformers.models.whisper.modeling_whisper import WhisperEncoder, sinusoids
 
 from .backbone_spec import AudioBackbone, chunk_length_s
@@ -14,14 +16,14 @@ from .backbone_spec import AudioBackbone, chunk_length_s
 class WhisperAudioAdapter(nn.Module):
     """Whisper encoder: chunk features (N, mels, 2*max_source_positions) to tokens (N, max_source_positions, d_model)."""
 
-    def __init__(self, audio_config):
+    def __init__(self, audio_config: WhisperConfig):
         super().__init__()
         self.encoder = WhisperEncoder(audio_config)
         self.config = audio_config  # read by WhisperModel._mask_input_features (SpecAugment)
         self.hidden_size = audio_config.d_model
         self.expected_frames = 2 * audio_config.max_source_positions
 
-    def forward(self, features, frame_mask=None):
+    def forward(self, features: torch.Tensor, frame_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return the token sequence (N, L, H) and its mask (N, L): which tokens hold audio rather than zero padding."""
         if features.shape[-1] != self.expected_frames:
             raise ValueError(
@@ -36,7 +38,7 @@ class WhisperAudioAdapter(nn.Module):
         return self.encoder(input_features=features).last_hidden_state, self.token_mask(frame_mask)
 
     @staticmethod
-    def token_mask(frame_mask):
+    def token_mask(frame_mask: torch.Tensor | None) -> torch.Tensor | None:
         """Token mask (N, L) from the frame mask (N, 2L): the second conv has stride 2, so token t is centred on frame 2t."""
         return None if frame_mask is None else frame_mask[:, ::2].bool()
 
@@ -55,11 +57,11 @@ class WhisperBackbone(AudioBackbone):
     feature_defaults = {"sampling_rate": 16_000, "feature_size": 80, "hop_length": 160, "n_fft": 400, "window_s": 30.0}
     frame_axis = 1  # (mels, frames)
 
-    def encoder_width(self, audio_config):
+    def encoder_width(self, audio_config: WhisperConfig) -> int:
         """d_model."""
         return audio_config.d_model
 
-    def extractor_kwargs(self, audio_config, overrides):
+    def extractor_kwargs(self, audio_config: WhisperConfig, overrides: dict) -> dict:
         """The config's mel bins, and a window of exactly 2*max_source_positions frames (the hop follows the window)."""
         sampling_rate = overrides.get("sampling_rate") or self.feature_defaults["sampling_rate"]
         frames = 2 * audio_config.max_source_positions
@@ -79,7 +81,7 @@ class WhisperBackbone(AudioBackbone):
         kwargs["hop_length"] = int(round(hop))
         return kwargs
 
-    def pretrained_extractor_kwargs(self, source):
+    def pretrained_extractor_kwargs(self, source: FeatureExtractionMixin) -> dict | None:
         """A Whisper checkpoint's rate, mels, hop, FFT size and window."""
         if not isinstance(source, WhisperFeatureExtractor):
             return None
@@ -88,11 +90,11 @@ class WhisperBackbone(AudioBackbone):
             hop_length=source.hop_length, n_fft=source.n_fft, window_s=source.n_samples / source.sampling_rate,
         )
 
-    def pretrained_window(self, kwargs, audio_config):
+    def pretrained_window(self, kwargs: dict, audio_config: WhisperConfig) -> dict:
         """The window follows the encoder's positions (`audio_config_overrides` may have changed max_source_positions)."""
         return {"window_s": 2 * audio_config.max_source_positions * int(kwargs["hop_length"]) / int(kwargs["sampling_rate"])}
 
-    def chunk_extractor(self, extractor):
+    def chunk_extractor(self, extractor: "AtrFeatureExtractor") -> WhisperFeatureExtractor:
         """Whisper's own extractor over one window."""
         window = extractor.window_samples
         if window % extractor.hop_length:
@@ -103,23 +105,23 @@ class WhisperBackbone(AudioBackbone):
             chunk_length=chunk_length_s(extractor), n_fft=extractor.n_fft, padding_value=extractor.padding_value,
         )
 
-    def chunk_feature_shape(self, extractor):
+    def chunk_feature_shape(self, extractor: "AtrFeatureExtractor") -> tuple[int, int]:
         """(mels, frames)."""
         return (extractor.feature_size, extractor.window_samples // extractor.hop_length)
 
-    def featurize(self, extractor, chunks):
+    def featurize(self, extractor: "AtrFeatureExtractor", chunks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Whisper's features and its attention mask: which frames hold the chunk rather than zero padding."""
         out = extractor.backbone_extractor(
             chunks, sampling_rate=extractor.sampling_rate, max_length=extractor.window_samples, return_attention_mask=True
         )
         return np.asarray(out["input_features"], dtype=np.float32), np.asarray(out["attention_mask"], dtype=np.int64)
 
-    def init_recreated_weights(self, adapter):
+    def init_recreated_weights(self, adapter: WhisperAudioAdapter) -> None:
         """Re-created positions (e.g. another max_source_positions) are Whisper's sinusoids, not N(0, 0.02); loaded ones stay."""
         # transformers skips a custom model's submodules without parameters of their own, so Whisper's init never runs here
         init.copy_(adapter.encoder.embed_positions.weight, sinusoids(*adapter.encoder.embed_positions.weight.shape))
 
-    def load_backbone(self, path, max_source_positions=None, **config_overrides):
+    def load_backbone(self, path: str | os.PathLike, max_source_positions: int | None = None, **config_overrides) -> WhisperEncoder:
         """The encoder of a Whisper checkpoint, its own sinusoidal positions cut (or extended) to `max_source_positions`."""
         # `WhisperEncoder.from_pretrained` would silently load none; a smaller config loaded with ignore_mismatched_sizes
         # would re-create the positions (close to Whisper's, not equal), so the checkpoint's own rows are kept instead.
@@ -138,7 +140,7 @@ class WhisperBackbone(AudioBackbone):
         resized.load_state_dict(state)
         return resized
 
-    def tiny_config(self):
+    def tiny_config(self) -> WhisperConfig:
         """Whisper encoder with 80 mels and 100 frames (50 positions) per chunk."""
         return WhisperConfig(
             d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
@@ -146,7 +148,7 @@ class WhisperBackbone(AudioBackbone):
             vocab_size=99, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
         )
 
-    def tiny_feature_shape(self, audio_config):
+    def tiny_feature_shape(self, audio_config: WhisperConfig) -> tuple[int, int]:
         """(mels, 2*max_source_positions)."""
         return (audio_config.num_mel_bins, 2 * audio_config.max_source_positions)
 

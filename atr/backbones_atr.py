@@ -54,7 +54,7 @@ def audio_backbone_named(name: str) -> AudioBackbone:
     raise ValueError(f"backbone is {name!r}, expected one of {tuple(spec.name for spec in AUDIO_BACKBONES.values())}")
 
 
-def audio_backbone_for_checkpoint(model_type: str, source) -> AudioBackbone:
+def audio_backbone_for_checkpoint(model_type: str, source: object) -> AudioBackbone:
     """The family that loads a pretrained checkpoint (`source`, for the error) whose config has `model_type`."""
     for spec in AUDIO_BACKBONES.values():
         if model_type in spec.checkpoint_model_types:

@@ -1,11 +1,15 @@
 """AtrFeatureExtractor: silence-aware chunking of long audio, then the audio backbone's own features per chunk."""
 
+import os
+
 import numpy as np
+import numpy.typing as npt
+from transformers import PreTrainedConfig
 from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import logging
 
-from .backbones_atr import AUDIO_BACKBONES, DEFAULT_AUDIO_MODEL_TYPE, audio_backbone, audio_backbone_named
+from .backbones_atr import AUDIO_BACKBONES, DEFAULT_AUDIO_MODEL_TYPE, AudioBackbone, audio_backbone, audio_backbone_named
 
 logger = logging.get_logger(__name__)
 _ENERGY_EPS = 1e-20  # a digitally silent frame's energy is 0: this keeps its dB finite (-200 dB, far below any floor)
@@ -39,10 +43,11 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
     model_input_names = ["input_features", "chunk_mask"]
 
     def __init__(
-        self, backbone=None, sampling_rate=None, feature_size=None, window_s=None, hop_length=None, n_fft=None,
-        frequency_min=0.0, frequency_max=14_000.0, truncation="rand_trunc", silence_frame_s=0.02, silence_threshold_db=60.0,
-        silence_floor_db=-80.0, min_silence_s=1.0, silence_margin_s=0.1, max_train_chunks=None, feature_batch_size=32,
-        padding_value=0.0, **kwargs,
+        self, backbone: str | None = None, sampling_rate: int | None = None, feature_size: int | None = None, window_s: float | None = None,
+        hop_length: int | None = None, n_fft: int | None = None, frequency_min: float = 0.0, frequency_max: float = 14_000.0,
+        truncation: str = "rand_trunc", silence_frame_s: float = 0.02, silence_threshold_db: float = 60.0, silence_floor_db: float = -80.0,
+        min_silence_s: float = 1.0, silence_margin_s: float = 0.1, max_train_chunks: int | None = None, feature_batch_size: int = 32,
+        padding_value: float = 0.0, **kwargs,
     ):
         backbone = audio_backbone(DEFAULT_AUDIO_MODEL_TYPE).name if backbone is None else backbone
         defaults = audio_backbone_named(backbone).feature_defaults
@@ -71,38 +76,38 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
         self._backbone_extractor = self.spec.chunk_extractor(self)
 
     @property
-    def spec(self):
+    def spec(self) -> AudioBackbone:
         """The backbone family's spec (`backbones_atr`): its per-chunk features and their shape."""
         return audio_backbone_named(self.backbone)
 
     @property
-    def backbone_extractor(self):
+    def backbone_extractor(self) -> SequenceFeatureExtractor | None:
         """The family's own per-chunk featuriser, rebuilt from this extractor's attributes (never serialised)."""
         return self._backbone_extractor
 
     @property
-    def window_samples(self):
+    def window_samples(self) -> int:
         """Chunk length in samples."""
         return int(round(self.window_s * self.sampling_rate))
 
     @property
-    def chunk_feature_shape(self):
+    def chunk_feature_shape(self) -> tuple[int, ...]:
         """Shape of one chunk's features: (1 or 4 with fusion, frames, mels) for CLAP, (mels, frames) for Whisper."""
         return tuple(self.spec.chunk_feature_shape(self))
 
     @property
-    def frames_per_chunk(self):
+    def frames_per_chunk(self) -> int:
         """Feature frames in one chunk: the last axis of `audio_attention_mask`."""
         return self.chunk_feature_shape[self.spec.frame_axis]
 
     @classmethod
-    def from_audio_config(cls, audio_config, **overrides):
+    def from_audio_config(cls, audio_config: PreTrainedConfig, **overrides) -> "AtrFeatureExtractor":
         """Build the extractor matching an audio backbone config (a registered family's, e.g. `WhisperConfig`, or an `AtrConfig`)."""
         audio_config = getattr(audio_config, "audio_config", None) or audio_config
         return cls(**audio_backbone(getattr(audio_config, "model_type", None)).extractor_kwargs(audio_config, overrides))
 
     @classmethod
-    def from_pretrained_backbone(cls, path, audio_config=None, **overrides):
+    def from_pretrained_backbone(cls, path: str | os.PathLike, audio_config: PreTrainedConfig | None = None, **overrides) -> "AtrFeatureExtractor":
         """Build the extractor from a checkpoint's own preprocessor config (mel scale, range, rate, window).
 
         With `audio_config` (the encoder's, after `audio_config_overrides`), a window the config changed (Whisper's
@@ -123,14 +128,14 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
             kwargs.update(spec.pretrained_window(kwargs, audio_config))
         return cls(**kwargs)
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, object]:
         """Serialisable attributes (the internal backbone extractor is rebuilt from them)."""
         output = super().to_dict()
         output.pop("_backbone_extractor", None)
         return output
 
     @staticmethod
-    def to_mono_float(audio, index=0):
+    def to_mono_float(audio: npt.ArrayLike, index: int = 0) -> np.ndarray:
         """Validate one clip and return it as 1-D float (int PCM scaled to [-1, 1], (channels, samples) averaged)."""
         audio = np.asarray(audio.detach().cpu() if hasattr(audio, "detach") else audio)
         if audio.dtype.kind == "i":
@@ -181,7 +186,7 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
                 energy = np.append(energy, np.dot(tail.astype(np.float64), tail) / tail.size)
         return 10.0 * np.log10(energy.astype(np.float64) + _ENERGY_EPS), frame
 
-    def split_on_silence(self, audio, index=0):
+    def split_on_silence(self, audio: np.ndarray, index: int = 0) -> np.ndarray:
         """Sample ranges (start, end) of one mono clip that survive silence dropping, in order; never empty."""
         db, frame = self._frame_db(audio, index)
         silent = (db < db.max() - self.silence_threshold_db) | (db < self.silence_floor_db)
@@ -204,7 +209,7 @@ class AtrFeatureExtractor(SequenceFeatureExtractor):
             segments = np.array([[0, min(audio.size, self.window_samples)]])
         return segments
 
-    def chunk_spans(self, audio, index=0):
+    def chunk_spans(self, audio: np.ndarray, index: int = 0) -> list[np.ndarray]:
         """The chunks of one mono clip, each an (S, 2) array of the source sample spans (start, end) it holds, in order."""
         window = self.window_samples
         chunks, current, filled = [], [], 0

@@ -6,11 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .configuration_atr import AtrConfig
+
 
 class AtrTransformerProjection(nn.Module):
     """The per-modality refinement: linear to the head width, transformer layers over the token sequence, then norm."""
 
-    def __init__(self, input_size, config):
+    def __init__(self, input_size: int, config: AtrConfig):
         super().__init__()
         self.input_projection = nn.Linear(input_size, config.head_hidden_size)
         layer = nn.TransformerEncoderLayer(
@@ -26,7 +28,7 @@ class AtrTransformerProjection(nn.Module):
         self.layers = nn.TransformerEncoder(layer, config.head_layers, enable_nested_tensor=False) if config.head_layers else None
         self.norm = nn.LayerNorm(config.head_hidden_size)
 
-    def forward(self, tokens, mask=None):
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Refine tokens (N, L, input_size) with mask (N, L) into (N, L, head_hidden_size)."""
         hidden = self.input_projection(tokens)
         if self.layers is not None:
@@ -37,12 +39,12 @@ class AtrTransformerProjection(nn.Module):
 class AtrAttentionPooling(nn.Module):
     """Attention pooling over chunk embeddings: a learned query at inference, the paired caption's embedding in training."""
 
-    def __init__(self, dim):
+    def __init__(self, dim: int):
         super().__init__()
         self.query = nn.Parameter(torch.zeros(dim))
         self.key = nn.Linear(dim, dim)
 
-    def forward(self, chunk_embeds, chunk_mask, query=None):
+    def forward(self, chunk_embeds: torch.Tensor, chunk_mask: torch.Tensor, query: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Pool (B, C, D) chunk embeddings with mask (B, C); return pooled (B, D) and weights (B, C)."""
         if query is None:
             query = self.query.expand(chunk_embeds.shape[0], -1)
@@ -58,14 +60,14 @@ class AtrCrossModalAttention(nn.Module):
     combination of them: the querying modality cannot write itself into the result (no copy shortcut for alignment).
     """
 
-    def __init__(self, dim, heads):
+    def __init__(self, dim: int, heads: int):
         super().__init__()
         self.heads = heads
         self.query = nn.Linear(dim, dim)
         # No key bias: with one query per row it adds the same score to every token, which the softmax cancels.
         self.key = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, query, values, mask=None, value_projection: nn.Linear | None = None):
+    def forward(self, query: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None = None, value_projection: nn.Linear | None = None) -> torch.Tensor:
         """Attend from query (N, D) over values (N, L, D) where mask (N, L) is set: (N, D).
 
         With `value_projection`, `values` are tokens (N, L, H) and the values are `value_projection(values)`, never
@@ -96,7 +98,7 @@ class AtrCrossModalAttention(nn.Module):
         return (out + projection.bias.view(self.heads, head_dim)).reshape(n, dim)
 
 
-def masked_mean(tokens, mask):
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean of tokens (N, L, H) over positions where mask (N, L) is set; all positions when mask is None."""
     if mask is None:
         return tokens.mean(1)
@@ -104,7 +106,7 @@ def masked_mean(tokens, mask):
     return (tokens * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
-def masked_max(tokens, mask):
+def masked_max(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Max of tokens (N, L, H) over positions where mask (N, L) is set; all positions when mask is None."""
     if mask is None:
         return tokens.max(1).values
@@ -113,7 +115,8 @@ def masked_max(tokens, mask):
     return tokens.masked_fill(~mask, torch.finfo(tokens.dtype).min).max(1).values * mask.any(1)
 
 
-def check_transformers_kwargs(method, kwargs, config, output_attentions=None, output_hidden_states=None):
+def check_transformers_kwargs(method: str, kwargs: dict[str, object], config: AtrConfig, output_attentions: bool | None = None,
+                              output_hidden_states: bool | None = None) -> None:
     """Refuse keyword arguments AtrModel does not know, and the output flags it cannot honour (keyword or config), naming them."""
     # transformers passes these flags to every model; anything else is a typo that would otherwise do nothing.
     if kwargs:
@@ -128,7 +131,7 @@ def check_transformers_kwargs(method, kwargs, config, output_attentions=None, ou
             )
 
 
-def one_of(raw_name, raw, states_name, states, required=True):
+def one_of(raw_name: str, raw: torch.Tensor | None, states_name: str, states: torch.Tensor | None, required: bool = True) -> None:
     """Refuse both raw inputs and precomputed encoder states of one modality (and neither, when one is required)."""
     both = raw is not None and states is not None
     if both or required and raw is None and states is None:

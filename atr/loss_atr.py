@@ -7,6 +7,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .configuration_atr import AtrConfig
+
 
 class LossTerm(NamedTuple):
     """One term of the hybrid loss: the config field that weights it, its formula as the model card prints it."""
@@ -30,7 +32,7 @@ PAPER_TERMS = ("loss_cosine", "loss_l1", "loss_contrastive")  # the paper's thre
 PAPER_WEIGHTS = tuple(LOSS_TERMS[name].weight for name in PAPER_TERMS)  # what the hyperparameter search tunes
 
 
-def loss_formula(config) -> str:
+def loss_formula(config: AtrConfig) -> str:
     """The hybrid loss with `config`'s weights, one term per line (the model card's formula)."""
     # A zero-weight variant term is left out: the card shows the loss the model was trained with.
     terms = [f"{getattr(config, term.weight):g} * {term.formula}" for name, term in LOSS_TERMS.items()
@@ -81,7 +83,7 @@ class AtrHybridLoss(nn.Module):
     `alignment_pairs="inference"` makes the pairs the inference embeddings themselves (a~_i = A_i, t~_i = T_i).
     """
 
-    def __init__(self, config):
+    def __init__(self, config: AtrConfig):
         super().__init__()
         self.config = config
 

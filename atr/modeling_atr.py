@@ -2,27 +2,19 @@
 
 import inspect
 import math
+import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel
-from transformers import initialization as init
+from transformers import AutoConfig, AutoModel, PreTrainedModel, ProcessorMixin, initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .backbones_atr import audio_backbone, audio_backbone_for_checkpoint
 from .configuration_atr import AtrConfig
-from .layers_atr import (
-    AtrAttentionPooling,
-    AtrCrossModalAttention,
-    AtrTransformerProjection,
-    check_transformers_kwargs,
-    masked_max,
-    masked_mean,
-    one_of,
-)
+from .layers_atr import AtrAttentionPooling, AtrCrossModalAttention, AtrTransformerProjection, check_transformers_kwargs, masked_max, masked_mean, one_of
 from .loss_atr import AtrHybridLoss
 
 
@@ -81,7 +73,7 @@ class AtrPreTrainedModel(PreTrainedModel):
         elif isinstance(module, AtrAttentionPooling):
             init.normal_(module.query, std=self.config.initializer_range)
 
-    def initialize_weights(self):
+    def initialize_weights(self) -> None:
         """Initialise what was not loaded; re-created audio-encoder weights as the backbone family's own init would."""
         super().initialize_weights()
         if hasattr(self, "audio_model"):
@@ -127,7 +119,7 @@ class AtrModel(AtrPreTrainedModel):
         for encoder in self._frozen_encoders():
             encoder.requires_grad_(False).eval()
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> "AtrModel":
         """Switch train/eval mode; frozen encoders stay in eval mode so dropout never perturbs their outputs."""
         super().train(mode)
         for encoder in self._frozen_encoders():
@@ -135,14 +127,15 @@ class AtrModel(AtrPreTrainedModel):
         return self
 
     @torch.no_grad()
-    def clamp_logit_scale_(self):
+    def clamp_logit_scale_(self) -> None:
         """Clamp the logit scale in place to [0, log(logit_scale_max)]; call after each optimizer step (AtrTrainer does)."""
         # In place after the step, not in the forward pass, so the scale keeps its gradient right up to the cap.
         self.logit_scale.clamp_(0, math.log(self.config.logit_scale_max))
 
     # ---- encoders -------------------------------------------------------------------------------------------
 
-    def get_text_encoder_states(self, input_ids, attention_mask=None, token_type_ids=None):
+    def get_text_encoder_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The text encoder's token states (B, T, H): what `text_hidden_states=` takes (e.g. from `atr.cache`)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -152,7 +145,7 @@ class AtrModel(AtrPreTrainedModel):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_text_encoder):
             return self.text_model(**kwargs).last_hidden_state
 
-    def get_audio_encoder_states(self, chunks):
+    def get_audio_encoder_states(self, chunks: torch.Tensor) -> torch.Tensor:
         """The audio encoder's token states (N, L, H) for N chunk features: what `audio_hidden_states=` takes per chunk."""
         states = []
         for start in range(0, chunks.shape[0], self.config.audio_chunk_batch_size):
@@ -263,9 +256,9 @@ class AtrModel(AtrPreTrainedModel):
 
     @can_return_tuple
     def get_text_features(
-        self, input_ids=None, attention_mask=None, token_type_ids=None, text_hidden_states=None,
-        output_attentions=None, output_hidden_states=None, **kwargs,
-    ):
+        self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
+        text_hidden_states: torch.Tensor | None = None, output_attentions: bool | None = None, output_hidden_states: bool | None = None, **kwargs,
+    ) -> tuple | BaseModelOutputWithPooling:
         """Embed captions (or precomputed text-encoder states): `pooler_output` is the L2-normalised (B, projection_dim) embedding."""
         check_transformers_kwargs("get_text_features", kwargs, self.config, output_attentions, output_hidden_states)
         one_of("input_ids", input_ids, "text_hidden_states", text_hidden_states)
@@ -274,9 +267,10 @@ class AtrModel(AtrPreTrainedModel):
 
     @can_return_tuple
     def get_audio_features(
-        self, input_features=None, chunk_mask=None, audio_attention_mask=None, chunk_spans=None, audio_hidden_states=None,
-        output_attentions=None, output_hidden_states=None, **kwargs,
-    ):
+        self, input_features: torch.Tensor | None = None, chunk_mask: torch.Tensor | None = None, audio_attention_mask: torch.Tensor | None = None,
+        chunk_spans: torch.Tensor | None = None, audio_hidden_states: torch.Tensor | None = None, output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None, **kwargs,
+    ) -> tuple | AtrAudioOutput:
         """Embed chunked audio (or precomputed audio-encoder states): `pooler_output` is the L2-normalised (B, projection_dim) embedding.
 
         `chunk_spans` (where each chunk came from in the recording) is accepted from the processor's output and not used.
@@ -296,10 +290,12 @@ class AtrModel(AtrPreTrainedModel):
 
     @can_return_tuple
     def forward(
-        self, input_ids=None, attention_mask=None, token_type_ids=None, input_features=None, chunk_mask=None,
-        audio_attention_mask=None, chunk_spans=None, return_loss=None, audio_hidden_states=None, text_hidden_states=None,
-        output_attentions=None, output_hidden_states=None, alignment_scale: float | None = None, **kwargs,
-    ) -> AtrOutput:
+        self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None, chunk_mask: torch.Tensor | None = None, audio_attention_mask: torch.Tensor | None = None,
+        chunk_spans: torch.Tensor | None = None, return_loss: bool | None = None, audio_hidden_states: torch.Tensor | None = None,
+        text_hidden_states: torch.Tensor | None = None, output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+        alignment_scale: float | None = None, **kwargs,
+    ) -> tuple | AtrOutput:
         r"""Embed audio and/or text; with `return_loss=True` and both modalities, also compute the hybrid loss.
 
         The loss and its terms are [`AtrHybridLoss`]'s (its docstring has the formula), on the inference embeddings
@@ -346,7 +342,10 @@ class AtrModel(AtrPreTrainedModel):
 
     # ---- training-only parts --------------------------------------------------------------------------------
 
-    def pair_embeddings(self, chunk_embeds, chunk_mask, audio_tokens, audio_token_mask, text_values, text_mask, audio_query, text_query):
+    def pair_embeddings(
+        self, chunk_embeds: torch.Tensor, chunk_mask: torch.Tensor, audio_tokens: torch.Tensor | None, audio_token_mask: torch.Tensor | None,
+        text_values: torch.Tensor | None, text_mask: torch.Tensor, audio_query: torch.Tensor, text_query: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Training-only pair vectors (a~, t~), unnormalised: a~ built from audio values only, t~ from text values only.
 
         `audio_tokens` (N, L, H) are the head tokens of the N real chunks (row-major over `chunk_mask` (B, C)), whose
@@ -372,7 +371,8 @@ class AtrModel(AtrPreTrainedModel):
     # ---- pretrained backbones -------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained_backbones(cls, audio, text, audio_config_overrides=None, return_processor=False, **config_overrides):
+    def from_pretrained_backbones(cls, audio: str | os.PathLike, text: str | os.PathLike, audio_config_overrides: dict | None = None,
+                                  return_processor: bool = False, **config_overrides) -> "AtrModel | tuple[AtrModel, ProcessorMixin]":
         """Build a model around pretrained encoders given by Hub id or local path (a registered audio family's; any text AutoModel).
 
         `audio_config_overrides` changes the audio config before loading, e.g. `{"max_source_positions": 500}` for

@@ -1,5 +1,8 @@
 """AtrProcessor: one call that turns audio and captions into a batch `AtrModel` accepts."""
 
+import os
+
+from transformers import PreTrainedConfig, PreTrainedTokenizerBase
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
@@ -26,11 +29,11 @@ class AtrProcessor(ProcessorMixin):
     the feature extractor. Captions are padded and truncated to the tokenizer's `model_max_length` by default.
     """
 
-    def __init__(self, feature_extractor, tokenizer):
+    def __init__(self, feature_extractor: "AtrFeatureExtractor", tokenizer: PreTrainedTokenizerBase):
         super().__init__(feature_extractor, tokenizer)
 
     @classmethod
-    def from_pretrained_backbones(cls, audio, text, audio_config=None):
+    def from_pretrained_backbones(cls, audio: str | os.PathLike, text: str | os.PathLike, audio_config: PreTrainedConfig | None = None) -> "AtrProcessor":
         """The audio checkpoint's own preprocessing (mel scale, range, rate) chunked by atr, and the text checkpoint's tokenizer.
 
         The window follows `audio_config` where it sets one (Whisper's `max_source_positions`, which
