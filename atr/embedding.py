@@ -12,10 +12,16 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    import datasets
+
+    from .loading import RetrievalModel, RetrievalProcessor
 
 AUDIO_KEYS = ("input_features", "chunk_mask", "audio_attention_mask")
 TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -59,7 +65,7 @@ def _settings(value):
     return value
 
 
-def module_fingerprint(module) -> str:
+def module_fingerprint(module: RetrievalModel) -> str:
     """SHA-256 of a model's config settings (when it has one) and every weight in its `state_dict`: names, dtypes,
     shapes, bytes. The folder or Hub id it was loaded from is left out: the same weights from another path match."""
     digest = hashlib.sha256()
@@ -73,7 +79,7 @@ def module_fingerprint(module) -> str:
     return digest.hexdigest()
 
 
-def model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
+def model_device_dtype(model: RetrievalModel) -> tuple[torch.device, torch.dtype]:
     """Where a model's inputs go and which float dtype they take (`model.device`/`dtype`, else its first parameter)."""
     if hasattr(model, "device") and hasattr(model, "dtype"):
         return torch.device(model.device), model.dtype
@@ -186,7 +192,7 @@ def _eval_mode(model):
         model.eval()
 
 
-def embed_texts(model, processor, texts: Sequence[str], batch_size: int = 64, progress: bool = False,
+def embed_texts(model: RetrievalModel, processor: RetrievalProcessor, texts: Sequence[str], batch_size: int = 64, progress: bool = False,
                 description: str = "embedding text") -> torch.Tensor:
     """L2-normalised embeddings (M, D) of captions or queries, float32 on the CPU, in input order."""
     _eval_mode(model)
@@ -199,7 +205,7 @@ def embed_texts(model, processor, texts: Sequence[str], batch_size: int = 64, pr
     return torch.cat(parts)
 
 
-def embed_clips(model, processor, clips: Iterable, batch_size: int = 8, progress: bool = False,
+def embed_clips(model: RetrievalModel, processor: RetrievalProcessor, clips: Iterable, batch_size: int = 8, progress: bool = False,
                 description: str = "embedding audio", total: int | None = None) -> AudioEmbeddings:
     """Embed waveforms (at the processor's sampling rate; a lazy iterable is fine) with their per-chunk outputs."""
     _eval_mode(model)
@@ -216,7 +222,7 @@ def embed_clips(model, processor, clips: Iterable, batch_size: int = 8, progress
 
 
 @torch.no_grad()
-def embed_dataset(model, collator: Callable, dataset, batch_size: int = 32, progress: bool = True,
+def embed_dataset(model: RetrievalModel, collator: Callable, dataset: datasets.Dataset, batch_size: int = 32, progress: bool = True,
                   description: str = "embedding", keep_chunks: bool = False) -> DatasetEmbeddings:
     """Embed every clip and caption of `dataset` through an evaluation collator (`AtrCollator(training=False)` or alike).
 

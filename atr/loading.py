@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoFeatureExtractor, AutoProcessor, AutoTokenizer, ClapModel
+from transformers import AutoConfig, AutoFeatureExtractor, AutoProcessor, AutoTokenizer, ClapFeatureExtractor, ClapModel, ProcessorMixin
+from transformers import PreTrainedTokenizerBase
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
@@ -33,7 +34,7 @@ MODEL_BACKENDS = ("torch", "onnx", "onnx-int8")
 class ClapChunkProcessor:
     """Processor for `ClapRetrievalAdapter`: silence-aware chunks (AtrFeatureExtractor) featurised by CLAP's own extractor."""
 
-    def __init__(self, feature_extractor, tokenizer):
+    def __init__(self, feature_extractor: ClapFeatureExtractor, tokenizer: PreTrainedTokenizerBase):
         self.feature_extractor = feature_extractor  # the checkpoint's ClapFeatureExtractor
         self.tokenizer = tokenizer
         window_s = feature_extractor.nb_max_samples / feature_extractor.sampling_rate
@@ -84,7 +85,7 @@ class ClapRetrievalAdapter(nn.Module):
         self.clap = clap
         self.config, self.name_or_path = clap.config, clap.name_or_path  # projection_dim and the id an index records
 
-    def get_audio_features(self, input_features, chunk_mask=None, **kwargs):
+    def get_audio_features(self, input_features: torch.Tensor, chunk_mask: torch.Tensor | None = None, **kwargs) -> BaseModelOutputWithPooling:
         """L2-normalised clip embeddings (B, D), the mean of the clip's normalised chunk embeddings (last_hidden_state,
         (B, C, D); chunk_weights, 1/C per real chunk)."""
         if chunk_mask is None:
@@ -103,13 +104,18 @@ class ClapRetrievalAdapter(nn.Module):
         output["chunk_weights"] = weights
         return output
 
-    def get_text_features(self, input_ids, attention_mask=None, **kwargs):
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> BaseModelOutputWithPooling:
         """L2-normalised caption embeddings (B, D) from ClapModel."""
         return self.clap.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
 
 
+# What load_model returns: AtrModel, ClapRetrievalAdapter or an ONNX export; AtrProcessor (or a repo's own) or ClapChunkProcessor.
+RetrievalModel = nn.Module | AtrOnnxModel
+RetrievalProcessor = ProcessorMixin | ClapChunkProcessor
+
+
 def load_model(name: str | Path, device: str | torch.device = "cpu", backend: str = "auto",
-               trust_remote_code: bool = False) -> tuple[nn.Module | AtrOnnxModel, object, dict]:
+               trust_remote_code: bool = False) -> tuple[RetrievalModel, RetrievalProcessor, dict]:
     """(model, processor, info) of an atr model, its ONNX export or a transformers ClapModel (folder or Hub id); info names the protocol.
 
     A ClapModel comes back behind `ClapRetrievalAdapter` / `ClapChunkProcessor`, with AtrModel's embedding interface
@@ -154,4 +160,5 @@ def load_model(name: str | Path, device: str | torch.device = "cpu", backend: st
     return model.to(device).eval(), processor, info
 
 
-__all__ = ["ATR_PROTOCOL", "CLAP_PROTOCOL", "ClapChunkProcessor", "ClapRetrievalAdapter", "MODEL_BACKENDS", "load_model"]
+__all__ = ["ATR_PROTOCOL", "CLAP_PROTOCOL", "ClapChunkProcessor", "ClapRetrievalAdapter", "MODEL_BACKENDS", "RetrievalModel", "RetrievalProcessor",
+           "load_model"]

@@ -9,18 +9,24 @@ product-quantisation fast scan, re-ranked exactly: the fast approximate one) and
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:
+    import faiss
 
 FAISS_KINDS = ("flat", "pq", "hnsw")
 Array = torch.Tensor | np.ndarray
 BACKENDS: dict[str, type["SearchBackend"]] = {}  # name -> SearchBackend subclass, filled by `register_backend`
 
 
-def register_backend(name: str):
+def register_backend(name: str) -> Callable[[type["SearchBackend"]], type["SearchBackend"]]:
     """Class decorator: make a `SearchBackend` subclass the backend called `name` (`atr-search --backend NAME`)."""
     def register(cls):
         cls.name = name
@@ -121,7 +127,7 @@ def _block_topk(sims, k):
     return scores, indices
 
 
-def exact_search(queries, corpus, k=10, block_size=65536):
+def exact_search(queries: Array, corpus: Array, k: int = 10, block_size: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k inner-product search of queries (Q, D) in corpus (N, D) by blocked matrix product: (scores, indices) (Q, k).
 
     Equal to a stable full sort of `queries @ corpus.T`: ties go to the lower corpus index. Memory stays at
@@ -153,7 +159,7 @@ def exact_search(queries, corpus, k=10, block_size=65536):
 # ---- FAISS ----------------------------------------------------------------------------------------------------
 
 
-def require_faiss():
+def require_faiss() -> ModuleType:
     """Import faiss, or say how to get it."""
     try:
         import faiss
@@ -165,7 +171,8 @@ def require_faiss():
     return faiss
 
 
-def build_faiss_index(embeddings, kind="pq", hnsw_m=32, ef_construction=80, train_size=100_000, seed=0):
+def build_faiss_index(embeddings: Array, kind: str = "pq", hnsw_m: int = 32, ef_construction: int = 80, train_size: int = 100_000,
+                      seed: int = 0) -> "faiss.Index":
     """Build a FAISS inner-product index over unit embeddings (N, D): `flat` (exact), `pq` or `hnsw` (approximate).
 
     `pq` is a 4-bit product quantiser with one sub-quantiser per 4 dimensions in fast-scan layout (D/2 bytes a
@@ -191,7 +198,8 @@ def build_faiss_index(embeddings, kind="pq", hnsw_m=32, ef_construction=80, trai
     return index
 
 
-def faiss_search(index, queries, k=10, corpus=None, k_factor=700, ef_search=256):
+def faiss_search(index: "faiss.Index", queries: Array, k: int = 10, corpus: Array | None = None, k_factor: int = 700,
+                 ef_search: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Search a FAISS index; with `corpus`, re-rank the top k*k_factor candidates exactly (the `pq` recipe)."""
     queries = torch.as_tensor(queries, dtype=torch.float32).reshape(-1, index.d).contiguous()
     if hasattr(index, "hnsw"):
@@ -250,7 +258,7 @@ class ExactBackend(_InMemory):
     """`exact_search` over vectors in memory (saved as one safetensors file where a path is given)."""
 
     @classmethod
-    def build(cls, embeddings, path=None, ids=None, **options):
+    def build(cls, embeddings: Array, path: str | Path | None = None, ids: Array | None = None, **options) -> "ExactBackend":
         """Hold `embeddings` (N, D) under `ids`; with `path`, also write them there."""
         vectors = _vectors(embeddings)
         backend = cls(vectors, _ids(ids, 0, len(vectors)), path)
@@ -258,7 +266,7 @@ class ExactBackend(_InMemory):
         return backend
 
     @classmethod
-    def open(cls, path, vectors=None, **options):
+    def open(cls, path: str | Path, vectors: Array | None = None, **options) -> "ExactBackend":
         """Read vectors and ids saved by `build(..., path)`."""
         tensors = load_file(str(path))
         return cls(tensors["vectors"], tensors["ids"], path)
@@ -267,7 +275,7 @@ class ExactBackend(_InMemory):
         if self.path is not None:
             save_file({"vectors": self.vectors.contiguous(), "ids": self.ids.contiguous()}, str(self.path))
 
-    def search(self, embeddings, k=10, block_size=65536):
+    def search(self, embeddings: Array, k: int = 10, block_size: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact top-k: ties go to the row added first."""
         scores, rows = exact_search(embeddings, self.vectors, k, block_size)
         return scores, _rows_to_ids(self.ids, rows)
@@ -280,7 +288,7 @@ class FaissBackend(_InMemory):
     file_name = "faiss-{name}-{revision}.index"
 
     @classmethod
-    def build(cls, embeddings, path=None, ids=None, **build_kwargs):
+    def build(cls, embeddings: Array, path: str | Path | None = None, ids: Array | None = None, **build_kwargs) -> "FaissBackend":
         """Build the FAISS index (see `build_faiss_index` for `build_kwargs`); with `path`, write it there."""
         vectors = _vectors(embeddings)
         backend = cls(vectors, _ids(ids, 0, len(vectors)), path, **build_kwargs)
@@ -288,7 +296,7 @@ class FaissBackend(_InMemory):
         return backend
 
     @classmethod
-    def open(cls, path, vectors=None, ids=None, **build_kwargs):
+    def open(cls, path: str | Path, vectors: Array | None = None, ids: Array | None = None, **build_kwargs) -> "FaissBackend":
         """Read a saved FAISS index; `vectors` are the embeddings it was built over (needed: `pq` re-ranks with them)."""
         if not Path(path).is_file():
             raise FileNotFoundError(f"no FAISS index at {str(path)!r}: build one with {cls.__name__}.build")
@@ -314,7 +322,7 @@ class FaissBackend(_InMemory):
     def __len__(self):
         return min(self.index.ntotal, len(self.ids))
 
-    def search(self, embeddings, k=10, k_factor=700, ef_search=256):
+    def search(self, embeddings: Array, k: int = 10, k_factor: int = 700, ef_search: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         """`faiss_search`: `pq` re-ranks its top k*k_factor exactly; `hnsw` searches with `ef_search`."""
         corpus = self.vectors if self.kind == "pq" else None
         scores, rows = faiss_search(self.index, embeddings, k, corpus=corpus, k_factor=k_factor, ef_search=ef_search)

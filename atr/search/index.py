@@ -6,11 +6,14 @@ source time spans it packs. A re-run embeds only what was added or changed (keye
 `AudioIndex.load(out_dir, model, processor).search("a dog barks", k=10)` ranks it, each hit with its best chunk for the query.
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,7 +26,14 @@ from ..embedding import embed_clips, embed_texts
 from .backends import SearchBackend, exact_search, get_backend
 from .manifest import FORMAT_VERSION, LOCK, MANIFEST, BadIndexError, _atomic_write, _read_manifest, _write_manifest, new_row_id
 from .results import SearchResult
-from .sources import collect_items, item_key, model_fingerprint
+from .sources import AudioSource, collect_items, item_key, model_fingerprint
+
+if TYPE_CHECKING:
+    from ..loading import RetrievalModel, RetrievalProcessor
+    from .backends import Array
+
+# A clip to search by: a path, a {"path", "bytes"} or {"array", "sampling_rate"} dict, or a waveform at the index's rate.
+Clip = str | os.PathLike | dict | np.ndarray
 
 logger = logging.getLogger(__name__)
 # What each shard must hold: name -> (dtype, rows counted by "rows" or "chunks" of its manifest entry)
@@ -31,7 +41,7 @@ SHARD_LAYOUT = {"embeddings": ("float32", "rows"), "chunk_counts": ("int64", "ro
                 "chunk_embeddings": ("float16", "chunks"), "chunk_spans": ("float32", "chunks"), "row_ids": ("int64", "rows")}
 
 
-def verify_shard(out_dir, name, entry):
+def verify_shard(out_dir: str | os.PathLike, name: str, entry: dict) -> dict[str, np.ndarray]:
     """Load one shard and check it against its manifest entry (tensors, dtypes, row counts); ValueError naming it if not."""
     path = Path(out_dir) / name
     try:
@@ -78,7 +88,8 @@ def _check_same_model(previous, fingerprint, model_name, out_dir):
 class AudioIndex:
     """Pooled and per-chunk audio embeddings of a collection, stored in shards under a folder, searchable by text or audio."""
 
-    def __init__(self, out_dir, manifest, tensors, model=None, processor=None, audio_root=None):
+    def __init__(self, out_dir: str | os.PathLike, manifest: dict, tensors: dict[str, torch.Tensor], model: RetrievalModel | None = None,
+                 processor: RetrievalProcessor | None = None, audio_root: str | os.PathLike | None = None):
         self.out_dir = Path(out_dir)
         self.manifest = manifest
         self.names = [item["name"] for item in manifest["items"]]
@@ -98,14 +109,16 @@ class AudioIndex:
     # -- building and updating --
 
     @classmethod
-    def build(cls, model, processor, audio, out_dir, batch_size=8, shard_size=1024, audio_column=None, overwrite=False,
-              skip_bad_audio=False, progress=True):
+    def build(cls, model: RetrievalModel, processor: RetrievalProcessor, audio: AudioSource, out_dir: str | os.PathLike, batch_size: int = 8,
+              shard_size: int = 1024, audio_column: str | None = None, overwrite: bool = False, skip_bad_audio: bool = False,
+              progress: bool = True) -> AudioIndex:
         """Embed `audio` (folder, path list or Dataset) into out_dir, or bring an existing index up to date (see `update`)."""
         return cls.update(model, processor, audio, out_dir, batch_size, shard_size, audio_column, overwrite, skip_bad_audio, progress)
 
     @classmethod
-    def update(cls, model, processor, audio, out_dir, batch_size=8, shard_size=1024, audio_column=None, overwrite=False,
-               skip_bad_audio=False, progress=True):
+    def update(cls, model: RetrievalModel, processor: RetrievalProcessor, audio: AudioSource, out_dir: str | os.PathLike, batch_size: int = 8,
+               shard_size: int = 1024, audio_column: str | None = None, overwrite: bool = False, skip_bad_audio: bool = False,
+               progress: bool = True) -> AudioIndex:
         """Embed only the recordings added or changed since the last build, drop removed ones; resumes an interrupted build.
 
         Hidden files (`.x`, macOS `._x.wav`) in a folder are ignored. An unreadable recording raises, or with
@@ -212,7 +225,8 @@ class AudioIndex:
     # -- loading --
 
     @classmethod
-    def load(cls, out_dir, model=None, processor=None, audio_root=None):
+    def load(cls, out_dir: str | os.PathLike, model: RetrievalModel | None = None, processor: RetrievalProcessor | None = None,
+             audio_root: str | os.PathLike | None = None) -> AudioIndex:
         """Open a finished index (shards checked; the model too, if given); `audio_root`: where the folder is now, if moved."""
         for _ in range(3):  # a concurrent update may replace a shard between reading the manifest and the shard
             try:
@@ -256,7 +270,7 @@ class AudioIndex:
             f"{self.manifest['root']!r} ({str(self.root)!r}), where none of its {len(self)} recordings is as indexed: "
             "pass the recordings' folder (--audio-dir DIR, audio_root=DIR), or rebuild with --overwrite")
 
-    def unchanged(self, row):
+    def unchanged(self, row: int) -> bool:
         """True if recording `row` is a file inside the root with the size and mtime_ns it had when it was embedded."""
         path, item = Path(self.items[row]), self.manifest["items"][row]
         try:
@@ -266,7 +280,7 @@ class AudioIndex:
             return False
         return inside and path.is_file() and (stat.st_size, stat.st_mtime_ns) == (item.get("size"), item.get("mtime_ns"))
 
-    def export(self, target, collection="atr", **kwargs):
+    def export(self, target: str | os.PathLike | None, collection: str = "atr", **kwargs) -> dict[str, int]:
         """Write this index to Qdrant (a local-mode folder or a server URL): see `atr.search.vectordb.export_index`."""
         from .vectordb import export_index
         return export_index(self, target, collection, **kwargs)
@@ -283,38 +297,41 @@ class AudioIndex:
             self._backends[name] = kind.open_or_build(self.embeddings, path, **build_options)
         return self._backends[name]
 
-    def search_embeddings(self, query_embeds, k=10, backend="exact", **search_kwargs):
+    def search_embeddings(self, query_embeds: Array, k: int = 10, backend: str = "exact", **search_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         """Rank the recordings for query embeddings (Q, D): (scores, indices) (Q, k), best first.
 
         `search_kwargs` go to the backend's `search` (e.g. `k_factor`, `ef_search` for FAISS; `nprobe` for ondisk).
         """
         return self.backend(backend).search(query_embeds, k, **search_kwargs)
 
-    def embed_text(self, queries):
+    def embed_text(self, queries: list[str]) -> torch.Tensor:
         """L2-normalised text embeddings (Q, D) of the queries, from the model the index was built with."""
         self._need_model("search by text")
         return embed_texts(self.model, self.processor, list(queries))
 
-    def embed_audio(self, clips):
+    def embed_audio(self, clips: list[Clip]) -> torch.Tensor:
         """L2-normalised pooled embeddings (Q, D) of clips (paths, {"array", "sampling_rate"} dicts or arrays at the index's rate)."""
         self._need_model("search by example")
         rate = self.processor.feature_extractor.sampling_rate
         waves = [c if isinstance(c, np.ndarray) else decode_audio(c, rate) for c in clips]
         return embed_clips(self.model, self.processor, waves).embeds
 
-    def search(self, queries, k=10, backend="exact", chunks=False, **search_kwargs):
+    def search(self, queries: str | list[str], k: int = 10, backend: str = "exact", chunks: bool = False,
+               **search_kwargs) -> list[SearchResult] | list[list[SearchResult]]:
         """Recordings (or with `chunks=True`, chunks) best matching each text query: a list of `SearchResult` per query."""
         single = isinstance(queries, str)
         results = self.search_by_embedding(self.embed_text([queries] if single else queries), k, backend, chunks, **search_kwargs)
         return results[0] if single else results
 
-    def search_audio(self, clips, k=10, backend="exact", chunks=False, **search_kwargs):
+    def search_audio(self, clips: Clip | list[Clip], k: int = 10, backend: str = "exact", chunks: bool = False,
+                     **search_kwargs) -> list[SearchResult] | list[list[SearchResult]]:
         """Recordings that sound like a clip (query by example): like `search`, for one clip or a list of them."""
         single = not isinstance(clips, (list, tuple))
         results = self.search_by_embedding(self.embed_audio([clips] if single else clips), k, backend, chunks, **search_kwargs)
         return results[0] if single else results
 
-    def search_by_embedding(self, query_embeds, k=10, backend="exact", chunks=False, **search_kwargs):
+    def search_by_embedding(self, query_embeds: Array, k: int = 10, backend: str = "exact", chunks: bool = False,
+                            **search_kwargs) -> list[list[SearchResult]]:
         """`SearchResult` lists for query embeddings (Q, D); each hit names its best chunk for that query."""
         query_embeds = torch.as_tensor(query_embeds, dtype=torch.float32).reshape(-1, self.embeddings.shape[1])
         if chunks:

@@ -18,12 +18,14 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
-from .backends import SearchBackend, _ids, _rows_to_ids, _sort_candidates, register_backend, require_faiss
+from .backends import Array, SearchBackend, _ids, _rows_to_ids, _sort_candidates, register_backend, require_faiss
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ IDS = "ids.npy"  # the backend's ids by row, when they are not the row numbers
 class VectorFile:
     """Row-major vectors (float16 or float32) in a raw file: read by block or by row, never mapped or loaded whole."""
 
-    def __init__(self, path, dim, dtype="float16"):
+    def __init__(self, path: str | os.PathLike, dim: int, dtype: npt.DTypeLike = "float16"):
         self.path, self.dim, self.dtype = Path(path), int(dim), np.dtype(dtype)
         if not self.path.is_file():
             raise FileNotFoundError(f"vector file {str(self.path)!r} does not exist: write it with VectorFile.write")
@@ -61,7 +63,7 @@ class VectorFile:
             os.close(self._fd)
 
     @classmethod
-    def write(cls, path, blocks, dim, dtype="float16"):
+    def write(cls, path: str | os.PathLike, blocks: Iterable[npt.ArrayLike], dim: int, dtype: npt.DTypeLike = "float16") -> "VectorFile":
         """Write an iterable of (rows, dim) blocks to a new file (refuses to overwrite one); returns the VectorFile."""
         path = Path(path)
         if path.exists():
@@ -80,13 +82,13 @@ class VectorFile:
             raise
         return cls(path, dim, dtype)
 
-    def read(self, start, stop):
+    def read(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) as float32."""
         stop = min(stop, self.rows)
         data = os.pread(self._fd, (stop - start) * self.row_bytes, start * self.row_bytes)
         return np.frombuffer(data, self.dtype).reshape(-1, self.dim).astype(np.float32)
 
-    def gather(self, ids):
+    def gather(self, ids: npt.ArrayLike) -> np.ndarray:
         """The rows `ids` (any order, repeats allowed) as float32 (len(ids), dim), one pread per run of adjacent rows."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         unique, inverse = np.unique(ids, return_inverse=True)
@@ -109,8 +111,9 @@ def _sample_rows(vectors, count, seed, block_rows):
     return np.concatenate(out)
 
 
-def build_ondisk_index(vectors, out_dir, nlist=4096, pq_m=64, train_rows=160_000, block_rows=500_000, niter=10, seed=0,
-                       progress=print, fast_scan=False):
+def build_ondisk_index(vectors: VectorFile, out_dir: str | os.PathLike, nlist: int = 4096, pq_m: int = 64, train_rows: int = 160_000,
+                       block_rows: int = 500_000, niter: int = 10, seed: int = 0, progress: Callable[[str], object] = print,
+                       fast_scan: bool = False) -> "OnDiskIndex":
     """IVF-PQ (inner product) over a `VectorFile` with inverted lists on disk; resumes per block; returns an OnDiskIndex.
 
     Memory: one float32 block (`block_rows` x dim) and that block's codes at a time, plus the training sample (with
@@ -182,7 +185,7 @@ def _write_index(faiss, index, path):
 class OnDiskIndex:
     """A built on-disk IVF-PQ index and its float16 vectors: top-k search with exact re-ranking, in bounded memory."""
 
-    def __init__(self, out_dir):
+    def __init__(self, out_dir: str | os.PathLike):
         faiss = require_faiss()
         self.out_dir = Path(out_dir)
         if not (self.out_dir / INDEX).exists():
@@ -197,7 +200,7 @@ class OnDiskIndex:
     def __len__(self):
         return self.index.ntotal
 
-    def search(self, queries, k=10, nprobe=32, k_factor=50):
+    def search(self, queries: Array, k: int = 10, nprobe: int = 32, k_factor: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores, indices) (Q, k): `nprobe` lists scanned by PQ, the top k*k_factor re-scored exactly, best first."""
         queries = torch.as_tensor(queries, dtype=torch.float32).reshape(-1, self.index.d).contiguous()
         self.index.nprobe = nprobe
@@ -216,11 +219,12 @@ class OnDiskBackend(SearchBackend):
 
     file_name = "ondisk-{revision}"
 
-    def __init__(self, index, ids=None):
+    def __init__(self, index: OnDiskIndex, ids: torch.Tensor | None = None):
         self.index, self.ids = index, ids
 
     @classmethod
-    def build(cls, embeddings, path=None, ids=None, nlist=None, pq_m=None, fast_scan=True, dtype="float16", **build_kwargs):
+    def build(cls, embeddings: Array | VectorFile, path: str | Path | None = None, ids: Array | None = None, nlist: int | None = None,
+              pq_m: int | None = None, fast_scan: bool = True, dtype: npt.DTypeLike = "float16", **build_kwargs) -> "OnDiskBackend":
         """Build in folder `path` over an (N, D) array (copied there as `dtype`) or a `VectorFile` (used where it is).
 
         By default `nlist` is about 4 sqrt(N) (at most N / 39 and 4096) and `pq_m` the largest divisor of D up to D / 8;
@@ -249,12 +253,12 @@ class OnDiskBackend(SearchBackend):
         return cls.open(path)
 
     @classmethod
-    def open(cls, path, vectors=None, **options):
+    def open(cls, path: str | Path, vectors: Array | None = None, **options) -> "OnDiskBackend":
         """Open a built folder (its vectors file is found from its settings, also after a move)."""
         ids = torch.from_numpy(np.load(Path(path) / IDS)) if (Path(path) / IDS).exists() else None
         return cls(OnDiskIndex(path), ids)
 
-    def search(self, embeddings, k=10, nprobe=32, k_factor=50):
+    def search(self, embeddings: Array, k: int = 10, nprobe: int = 32, k_factor: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
         """`OnDiskIndex.search`: `nprobe` lists scanned, the top k*k_factor re-scored exactly with the stored rows."""
         scores, rows = self.index.search(embeddings, k, nprobe=nprobe, k_factor=k_factor)
         return scores, _rows_to_ids(self.ids, rows)

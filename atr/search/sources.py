@@ -1,21 +1,28 @@
 """What an index is built from: the recordings of a folder, a path list or a `datasets.Dataset`, each with a change key."""
 
+from __future__ import annotations
+
 import hashlib
 import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import datasets
 
 from ..embedding import module_fingerprint
 
+if TYPE_CHECKING:
+    from ..loading import RetrievalModel, RetrievalProcessor
+
 logger = logging.getLogger(__name__)
 
 # Extensions libsndfile decodes; anything else in a folder is skipped.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au", ".opus")
+# What an index is built from: a folder, a list of audio paths, or a Dataset with an audio column.
+AudioSource = str | os.PathLike | list[str | os.PathLike] | datasets.Dataset
 # The fields that say whether a recording changed since it was embedded.
 KEY_FIELDS = ("name", "size", "mtime_ns", "sha256")
 
@@ -29,7 +36,7 @@ class Source:
     root: Path | None = None
 
 
-def item_key(item):
+def item_key(item: dict) -> tuple:
     """The identity of a recording's content as indexed: its name with size and mtime_ns (files) or sha256 (bytes)."""
     return tuple(item.get(name) for name in KEY_FIELDS)
 
@@ -39,12 +46,12 @@ def _stat_item(name, path):
     return {"name": name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def is_hidden(relative):
+def is_hidden(relative: str | os.PathLike) -> bool:
     """True for hidden files and folders (`.x`, macOS AppleDouble `._x.wav`, the index's own `.atr-index`)."""
     return any(part.startswith(".") for part in Path(relative).parts)
 
 
-def collect_items(audio, audio_column=None):
+def collect_items(audio: AudioSource, audio_column: str | None = None) -> Source:
     """The `Source` of a folder (recursive, hidden files left out, names relative to it), a list of paths or a Dataset."""
     if isinstance(audio, (str, os.PathLike)) and Path(audio).is_dir():
         root = Path(audio).resolve()
@@ -84,7 +91,7 @@ def collect_items(audio, audio_column=None):
     raise TypeError(f"audio is a {type(audio).__name__}: pass a folder, a list of file paths or a datasets.Dataset")
 
 
-def model_fingerprint(model, processor):
+def model_fingerprint(model: RetrievalModel, processor: RetrievalProcessor) -> str:
     """Hash of the model's weights and the feature extractor's settings: embeddings are comparable iff it matches."""
     settings = {
         key: value

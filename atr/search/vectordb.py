@@ -8,18 +8,29 @@ server or a cluster: pass `shard_number` / `replication_factor` to spread the co
 `QdrantBackend` is the `qdrant` search backend: bare vectors in one collection (in memory where no target is given).
 """
 
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from ..embedding import embed_texts
-from .backends import SearchBackend, _ids, _vectors, register_backend
+from .backends import Array, SearchBackend, _ids, _vectors, register_backend
 from .results import SearchResult
 from .sources import model_fingerprint
+
+if TYPE_CHECKING:
+    import qdrant_client
+
+    from ..loading import RetrievalModel, RetrievalProcessor
 
 DEFAULT_COLLECTION = "atr"
 
 
-def require_qdrant():
+def require_qdrant() -> ModuleType:
     """Import qdrant_client, or say how to get it."""
     try:
         import qdrant_client
@@ -28,7 +39,7 @@ def require_qdrant():
     return qdrant_client
 
 
-def connect(target):
+def connect(target: str | os.PathLike | None) -> qdrant_client.QdrantClient:
     """A QdrantClient: local mode for a folder (in memory for None), the server for an http(s) URL."""
     qdrant_client = require_qdrant()
     if target is None:
@@ -44,8 +55,8 @@ def _spans(index, chunk):
     return [[round(float(a), 3), round(float(b), 3)] for a, b in index.chunk_spans[chunk] if a >= 0]
 
 
-def export_index(index, target, collection=DEFAULT_COLLECTION, overwrite=False, batch_size=256, shard_number=None,
-                 replication_factor=None):
+def export_index(index: AudioIndex, target: str | os.PathLike | None, collection: str = DEFAULT_COLLECTION, overwrite: bool = False,
+                 batch_size: int = 256, shard_number: int | None = None, replication_factor: int | None = None) -> dict[str, int]:
     """Write an `AudioIndex` (pooled and chunk vectors, path/span/fingerprint payloads) to Qdrant; returns the counts."""
     models = require_qdrant().models
     client = connect(target)
@@ -90,7 +101,8 @@ def export_index(index, target, collection=DEFAULT_COLLECTION, overwrite=False, 
 class QdrantIndex:
     """A collection written by `export_index`, searched by text or embedding with `AudioIndex`'s results and spans."""
 
-    def __init__(self, target, model=None, processor=None, collection=DEFAULT_COLLECTION):
+    def __init__(self, target: str | os.PathLike | None, model: RetrievalModel | None = None, processor: RetrievalProcessor | None = None,
+                 collection: str = DEFAULT_COLLECTION):
         self.client, self.collection, self.target = connect(target), collection, str(target)
         if not self.client.collection_exists(collection):
             raise FileNotFoundError(f"Qdrant at {self.target!r} has no collection {collection!r}: write it with "
@@ -102,11 +114,11 @@ class QdrantIndex:
                              f"(model {self.info['model']!r}, fingerprint {self.info['fingerprint'][:12]}): search it with that model")
         self.model, self.processor = model, processor
 
-    def close(self):
+    def close(self) -> None:
         """Release the connection (in local mode, the folder's lock)."""
         self.client.close()
 
-    def search(self, queries, k=10, chunks=False):
+    def search(self, queries: str | list[str], k: int = 10, chunks: bool = False) -> list[SearchResult] | list[list[SearchResult]]:
         """Recordings (or chunks) best matching each text query: a list of `SearchResult` per query."""
         if self.model is None or self.processor is None:
             raise ValueError("this QdrantIndex has no model: pass model and processor to search by text")
@@ -114,7 +126,7 @@ class QdrantIndex:
         results = self.search_by_embedding(embed_texts(self.model, self.processor, [queries] if single else list(queries)), k, chunks)
         return results[0] if single else results
 
-    def search_by_embedding(self, query_embeds, k=10, chunks=False):
+    def search_by_embedding(self, query_embeds: Array, k: int = 10, chunks: bool = False) -> list[list[SearchResult]]:
         """`SearchResult` lists for query embeddings (Q, D); a recording hit names its best chunk for that query."""
         query_embeds = torch.as_tensor(query_embeds, dtype=torch.float32)
         query_embeds = query_embeds.reshape(-1, query_embeds.shape[-1])
@@ -150,11 +162,12 @@ class QdrantIndex:
 class QdrantBackend(SearchBackend):
     """The `qdrant` backend: vectors as points of one collection (DOT), with their ids as point ids."""
 
-    def __init__(self, client, collection):
+    def __init__(self, client: qdrant_client.QdrantClient, collection: str):
         self.client, self.collection = client, collection
 
     @classmethod
-    def build(cls, embeddings, path=None, ids=None, collection="atr-vectors", overwrite=False, batch_size=256):
+    def build(cls, embeddings: Array, path: str | os.PathLike | None = None, ids: Array | None = None, collection: str = "atr-vectors",
+              overwrite: bool = False, batch_size: int = 256) -> QdrantBackend:
         """Write `embeddings` (N, D) to `collection` at `path` (a folder, a URL, or None: in memory).
 
         An existing collection of that name is replaced only with `overwrite=True`.
@@ -174,7 +187,7 @@ class QdrantBackend(SearchBackend):
         return backend
 
     @classmethod
-    def open(cls, path, vectors=None, collection="atr-vectors", **options):
+    def open(cls, path: str | os.PathLike, vectors: Array | None = None, collection: str = "atr-vectors", **options) -> QdrantBackend:
         """Open `collection` at `path` (a folder or a URL)."""
         client = connect(path)
         if not client.collection_exists(collection):
@@ -182,19 +195,19 @@ class QdrantBackend(SearchBackend):
             raise FileNotFoundError(f"Qdrant at {str(path)!r} has no collection {collection!r}: make it with QdrantBackend.build")
         return cls(client, collection)
 
-    def add(self, embeddings, ids=None, batch_size=256):
+    def add(self, embeddings: Array, ids: Array | None = None, batch_size: int = 256) -> None:
         """Upload vectors (M, D) as points with these ids (default: after the largest, counting from the size)."""
         vectors = _vectors(embeddings)
         ids = _ids(ids, len(self), len(vectors))
         points = (require_qdrant().models.PointStruct(id=int(i), vector=v.tolist()) for i, v in zip(ids, vectors))
         self.client.upload_points(self.collection, points, batch_size=batch_size, wait=True)
 
-    def remove(self, ids):
+    def remove(self, ids: Array) -> None:
         """Delete the points with these ids."""
         selector = require_qdrant().models.PointIdsList(points=[int(i) for i in np.asarray(ids).reshape(-1)])
         self.client.delete(self.collection, points_selector=selector, wait=True)
 
-    def search(self, embeddings, k=10):
+    def search(self, embeddings: Array, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
         """The top k points for each query by dot product: (scores, ids) (Q, min(k, N))."""
         queries = _vectors(embeddings)
         queries = queries.reshape(-1, queries.shape[-1])
@@ -205,6 +218,6 @@ class QdrantBackend(SearchBackend):
     def __len__(self):
         return self.client.count(self.collection).count
 
-    def close(self):
+    def close(self) -> None:
         """Release the connection (in local mode, the folder's lock)."""
         self.client.close()
