@@ -4,13 +4,22 @@ Each hit shows its score, path, the matched chunk's span, the waveform with the 
 whose source carries a media fragment (`#t=start,end`), so it plays the hit from its span.
 """
 
+from __future__ import annotations
+
 import html
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import numpy as np
 import soundfile as sf
+
+if TYPE_CHECKING:
+    import gradio as gr
+
+    from .index import AudioIndex
+    from .results import SearchResult
 
 WAVE_POINTS = 240  # columns of the waveform drawing
 # Sessions whose page state Gradio keeps (each holds a copy of the page's config and its last result list, ~50 KB+):
@@ -39,7 +48,7 @@ def waveform_envelope(path, points=WAVE_POINTS):
     return peaks / max(float(peaks.max()), 1e-9), len(wave) / rate
 
 
-def waveform_svg(path, spans):
+def waveform_svg(path: str, spans: list[list[float]]) -> str:
     """An inline SVG of the file's waveform with the matched spans shaded."""
     drawn = waveform_envelope(path)
     if drawn is None:
@@ -57,7 +66,7 @@ def waveform_svg(path, spans):
             f'<polygon points="{top} {bottom}" fill="#4361ee"/></svg>')
 
 
-def render_hits(hits, query=""):
+def render_hits(hits: list[SearchResult], query: str = "") -> str:
     """The result list as HTML: one block per hit with score, path, span, waveform and a player starting at the span."""
     opening = f'<div id="atr-results" data-query="{html.escape(query)}">'
     if not hits:
@@ -76,7 +85,7 @@ def render_hits(hits, query=""):
     return opening + "".join(rows) + "</div>"
 
 
-def build_demo(index, title="atr: search recordings by sound"):
+def build_demo(index: AudioIndex, title: str = "atr: search recordings by sound") -> gr.Blocks:
     """The Gradio page over a loaded `AudioIndex` (with its model): text box, example clip, result list."""
     import gradio as gr
 
@@ -102,7 +111,7 @@ def build_demo(index, title="atr: search recordings by sound"):
     return demo
 
 
-def served_paths(index):
+def served_paths(index: AudioIndex) -> list[str]:
     """What the page may serve: each indexed recording's resolved path, if it is a file inside the indexed folder.
 
     A root the user passed (`audio_root`, `--audio-dir`) is trusted as it is; a root read from the manifest only for
@@ -116,7 +125,7 @@ def served_paths(index):
     return sorted(paths)
 
 
-def launch_options(index):
+def launch_options(index: AudioIndex) -> dict:
     """`launch()` arguments: serve exactly the indexed recordings, never the index folder; keep few sessions' state."""
     served, out = served_paths(index), index.out_dir.resolve()
     # The allowlist already leaves the index's files out; blocking its folder too is a second lock, unless the
@@ -125,6 +134,6 @@ def launch_options(index):
     return {"allowed_paths": served, "blocked_paths": blocked, "css": CSS, "state_session_capacity": SESSIONS}
 
 
-def serve(index, host="127.0.0.1", port=7860, **launch_kwargs):
+def serve(index: AudioIndex, host: str = "127.0.0.1", port: int = 7860, **launch_kwargs) -> None:
     """Start the page on host:port and block (Ctrl-C stops it)."""
     build_demo(index).launch(server_name=host, server_port=port, **{**launch_options(index), **launch_kwargs})

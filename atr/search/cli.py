@@ -12,11 +12,14 @@
 ondisk (the IVF-PQ fast-scan index, vectors on disk) or qdrant; `build --backend NAME` builds it ahead of searches.
 """
 
+from __future__ import annotations
+
 import argparse
 import inspect
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,6 +28,9 @@ from ..loading import load_model
 from .backends import BACKENDS
 from .index import AudioIndex
 from .manifest import _read_manifest
+
+if TYPE_CHECKING:
+    from .results import SearchResult
 
 COMMANDS = ("build", "serve", "space", "export")
 BACKEND_HELP = ("the search backend: exact (default), FAISS flat / pq / hnsw, ondisk (IVF-PQ fast scan, vectors on disk: "
@@ -37,7 +43,7 @@ def _load(model_id, args, device=None):
     return model, processor
 
 
-def resolve_model_id(model_id, index_dir):
+def resolve_model_id(model_id: str | None, index_dir: str | Path) -> str:
     """--model, or the id the index recorded (said on stderr; it is loaded without remote code unless the user allows it)."""
     if model_id is not None:
         return model_id
@@ -67,7 +73,7 @@ def _build_options(parser, folder_required=True):
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def search_parser():
+def search_parser() -> argparse.ArgumentParser:
     """The parser of `atr-search QUERY ... --audio-dir DIR`."""
     parser = argparse.ArgumentParser(
         prog="atr-search", epilog="Other commands: atr-search build | serve | space | export (each with --help).",
@@ -104,7 +110,7 @@ def _options(parser, args, keys, method):
     return given
 
 
-def finish(parser):
+def finish(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """`parser` taking `--a-b` and `--a_b` alike and ending a bad command line with one line."""
     return one_line_errors(both_spellings(parser))
 
@@ -134,7 +140,7 @@ def _open_index(args):
     return index
 
 
-def print_hits(query, hits, as_json):
+def print_hits(query: str, hits: list[SearchResult], as_json: bool) -> None:
     """One line per hit: query, rank, score, path and the matched chunk's span (or a JSON object)."""
     for rank, hit in enumerate(hits, 1):
         if as_json:
@@ -189,7 +195,7 @@ def _search_qdrant(parser, args):
     return 0
 
 
-def export_parser():
+def export_parser() -> argparse.ArgumentParser:
     """The parser of `atr-search export`."""
     parser = argparse.ArgumentParser(prog="atr-search export", description="Write an index (recordings and chunks) to Qdrant.")
     parser.add_argument("--index-dir", required=True, help="the index folder to export")
@@ -211,7 +217,7 @@ def _export(argv):
     return 0
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     """The parser of `atr-search build`."""
     parser = argparse.ArgumentParser(
         prog="atr-search build", description="Embed a folder, or bring its index up to date; under `accelerate launch`, "
@@ -254,7 +260,7 @@ def _build(argv):
     return 0
 
 
-def serve_parser():
+def serve_parser() -> argparse.ArgumentParser:
     """The parser of `atr-search serve`."""
     parser = argparse.ArgumentParser(prog="atr-search serve", description="A local web page to search an index and listen to hits.")
     _common(parser, index_required=True)
@@ -280,7 +286,7 @@ def _serve(argv):
     return 0
 
 
-def space_parser():
+def space_parser() -> argparse.ArgumentParser:
     """The parser of `atr-search space`."""
     parser = argparse.ArgumentParser(prog="atr-search space", description="Write a Gradio Space that serves the search page for a model.")
     parser.add_argument("out_dir", help="folder to write the Space into (must be empty or new)")
@@ -301,7 +307,7 @@ def _space(argv):
 PARSERS = {"": search_parser, "build": build_parser, "serve": serve_parser, "space": space_parser, "export": export_parser}
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     """Console entry point `atr-search`: the first word picks build / serve / space / export; otherwise search by text or example.
 
     From the command line (argv None) a user error exits 2 with one line (atr.cli_errors); called with argv, it raises.

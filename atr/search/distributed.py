@@ -9,28 +9,37 @@ done, rank 0 writes `OUT/manifest.json` naming the ranks' shards, so `AudioIndex
 a 1-process build. The split depends on the file list and the process count: re-run with the same ones to resume.
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from filelock import FileLock
 
 from .index import AudioIndex, _check_same_model
 from .manifest import FORMAT_VERSION, LOCK, _read_manifest, _write_manifest
-from .sources import collect_items, item_key
+from .sources import Source, collect_items, item_key
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
+
+    from ..loading import RetrievalModel, RetrievalProcessor
 
 logger = logging.getLogger(__name__)
 RANKS = "ranks"
 
 
-def rank_dir(out_dir, rank, world):
+def rank_dir(out_dir: str | os.PathLike, rank: int, world: int) -> Path:
     """The folder of one rank's own index: OUT/ranks/rank-R-of-N."""
     return Path(out_dir) / RANKS / f"rank-{rank}-of-{world}"
 
 
-def build_distributed(model, processor, audio, out_dir, batch_size=8, shard_size=1024, overwrite=False,
-                      skip_bad_audio=False, progress=True, state=None):
+def build_distributed(model: RetrievalModel, processor: RetrievalProcessor, audio: str | os.PathLike, out_dir: str | os.PathLike,
+                      batch_size: int = 8, shard_size: int = 1024, overwrite: bool = False, skip_bad_audio: bool = False,
+                      progress: bool = True, state: PartialState | None = None) -> tuple[AudioIndex, dict]:
     """Embed a folder on every process of the launch (each its part), then rank 0 merges: the index on all ranks.
 
     Returns `(index, report)`: the merged `AudioIndex` and this rank's `last_update` (what it embedded).
@@ -58,7 +67,7 @@ def build_distributed(model, processor, audio, out_dir, batch_size=8, shard_size
     return AudioIndex.load(out_dir, model, processor), report
 
 
-def merge_rank_indexes(out_dir, source, world, overwrite=False):
+def merge_rank_indexes(out_dir: str | os.PathLike, source: Source, world: int, overwrite: bool = False) -> None:
     """Write OUT/manifest.json over the ranks' finished indexes, items in the source's order; drop other launches' ranks."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -29,12 +29,12 @@ def _bad(out_dir, what):
                          "(overwrite=True)")
 
 
-def new_row_id():
+def new_row_id() -> int:
     """A random 63-bit id for one embedded recording, stored in its manifest item and in its shard row."""
     return uuid.uuid4().int >> 65
 
 
-def safe_name(name):
+def safe_name(name: str) -> bool:
     """True if a recording name is a path inside its folder: relative, no `..`, no hidden part (what a build writes)."""
     return bool(name) and not name.startswith("/") and all(
         part not in ("", ".", "..") and not part.startswith(".") for part in name.split("/"))

@@ -5,10 +5,14 @@ Hub widgets do not run custom-code models, so a pushed atr model's interactive d
 a copy of the `atr` package (it is not on PyPI) and a small example index over a few recordings.
 """
 
+from __future__ import annotations
+
 import importlib.metadata
+import os
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
@@ -17,6 +21,9 @@ from ..loading import load_model
 from .index import AudioIndex
 from .manifest import BadIndexError
 from .sources import collect_items
+
+if TYPE_CHECKING:
+    import gradio as gr
 
 APP = '''"""Search recordings by sound with {model!r}: the page of `atr-search serve`, as a Hugging Face Space."""
 
@@ -60,7 +67,7 @@ def _requirements():
     return "\n".join(wanted + [f"gradio=={gradio.__version__}"]) + "\n"
 
 
-def example_recordings(folder, count=4, seed=0, sampling_rate=16000):
+def example_recordings(folder: Path, count: int = 4, seed: int = 0, sampling_rate: int = 16000) -> None:
     """A few synthetic scenes (atr.synthetic) as wav files, named after their captions' events."""
     from ..synthetic import synthesize_clip
 
@@ -72,7 +79,7 @@ def example_recordings(folder, count=4, seed=0, sampling_rate=16000):
         sf.write(folder / f"{i:02d}-{name}.wav", clip["array"], sampling_rate)
 
 
-def write_space(out_dir, model, audio_dir=None, trust_remote_code=False):
+def write_space(out_dir: str | os.PathLike, model: str, audio_dir: str | os.PathLike | None = None, trust_remote_code: bool = False) -> Path:
     """Write the Space folder: app, requirements, README, the atr package and an example index built with the model."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -101,7 +108,8 @@ def write_space(out_dir, model, audio_dir=None, trust_remote_code=False):
     return out_dir
 
 
-def space_demo(model, audio_dir, index_dir, trust_remote_code=False):
+def space_demo(model: str | os.PathLike, audio_dir: str | os.PathLike, index_dir: str | os.PathLike,
+               trust_remote_code: bool = False) -> tuple[gr.Blocks, dict]:
     """The Space's page and launch arguments: the model, its index brought up to date, the folder it may serve."""
     from .app import build_demo, launch_options
 
