@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +25,12 @@ from datasets import Array2D, Array3D, Dataset, Features, IterableDataset, List,
 from datasets.arrow_writer import ArrowWriter
 from filelock import FileLock
 from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
 from .collator import AtrCollator
 from .data import decode_audio
 from .embedding import module_fingerprint
+from .modeling_atr import AtrModel
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +47,7 @@ def default_cache_root() -> Path:
     return Path(datasets.config.HF_DATASETS_CACHE).parent / "atr_encoder_outputs"
 
 
-def tokenizer_fingerprint(tokenizer) -> str:
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """SHA-256 of a tokenizer's vocabulary/pipeline and the settings that change its output."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
@@ -60,14 +63,12 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 def _dataset_fingerprint(dataset) -> str:
     if isinstance(dataset, IterableDataset) or not getattr(dataset, "_fingerprint", None):
-        raise ValueError(
-            f"cannot cache encoder outputs for a {type(dataset).__name__}: it has no fingerprint to key the cache on; "
-            "load the dataset without streaming=True, or train without --cache_encoder_outputs"
-        )
+        raise ValueError(f"cannot cache encoder outputs for a {type(dataset).__name__}: it has no fingerprint to key the cache on; "
+                         "load the dataset without streaming=True, or train without --cache_encoder_outputs")
     return dataset._fingerprint
 
 
-def audio_files_fingerprint(dataset) -> str:
+def audio_files_fingerprint(dataset: Dataset) -> str:
     """SHA-256 of (path, size, mtime_ns) of every audio file a row names without holding its bytes, in row order.
 
     A local manifest or audiofolder stores paths, so the `datasets` fingerprint sees the paths, not the audio: this
@@ -102,7 +103,7 @@ def _fingerprint(parts: dict) -> str:
     return hashlib.sha256(json.dumps({"format": CACHE_FORMAT_VERSION, **parts}, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def text_cache_fingerprint(model, processor, dataset, text_options: dict | None = None) -> str:
+def text_cache_fingerprint(model: AtrModel, processor: ProcessorMixin, dataset: Dataset, text_options: dict | None = None) -> str:
     """Key of the text cache: dataset, text encoder weights, tokenizer and tokenizer options."""
     return _fingerprint({
         "kind": "text", "data": _dataset_fingerprint(dataset), "encoder": module_fingerprint(model.text_model),
@@ -110,11 +111,11 @@ def text_cache_fingerprint(model, processor, dataset, text_options: dict | None 
     })
 
 
-def audio_cache_fingerprint(model, processor, dataset, num_views: int, seed: int, noise_settings: dict | None = None) -> str:
+def audio_cache_fingerprint(model: AtrModel, processor: ProcessorMixin, dataset: Dataset, num_views: int, seed: int,
+                            noise_settings: dict | None = None) -> str:
     """Key of the audio cache: dataset, audio encoder weights, feature-extractor settings, views, seed and noise settings."""
     return _fingerprint({
-        "kind": "audio", "data": _dataset_fingerprint(dataset), "files": audio_files_fingerprint(dataset),
-        "encoder": module_fingerprint(model.audio_model),
+        "kind": "audio", "data": _dataset_fingerprint(dataset), "files": audio_files_fingerprint(dataset), "encoder": module_fingerprint(model.audio_model),
         "features": processor.feature_extractor.to_json_string(), "num_views": num_views,
         "seed": seed if num_views else 0, "noise": (noise_settings or {}) if num_views else {},  # clean only: one cache for every seed
     })
@@ -162,8 +163,8 @@ def _write(directory: Path, features: Features, rows, meta: dict, total: int | N
 
 
 @torch.no_grad()
-def build_text_cache(model, processor, dataset, cache_root=None, batch_size: int = 64, dtype: str = "float32",
-                     text_options: dict | None = None) -> Dataset:
+def build_text_cache(model: AtrModel, processor: ProcessorMixin, dataset: Dataset, cache_root: str | os.PathLike | None = None,
+                     batch_size: int = 64, dtype: str = "float32", text_options: dict | None = None) -> Dataset:
     """Text encoder states of every caption of `dataset` (rows clip-major, caption-minor), built once and reused.
 
     Each row holds `clip`, `caption` (its index in the clip's captions) and `text_states` (real tokens only, T_i x H).
@@ -208,8 +209,9 @@ def build_text_cache(model, processor, dataset, cache_root=None, batch_size: int
 
 
 @torch.no_grad()
-def build_audio_cache(model, processor, dataset, cache_root=None, num_views: int = 4, seed: int = 0, augment=None,
-                      noise_settings: dict | None = None, batch_size: int = 16, dtype: str = "float32") -> Dataset:
+def build_audio_cache(model: AtrModel, processor: ProcessorMixin, dataset: Dataset, cache_root: str | os.PathLike | None = None,
+                      num_views: int = 4, seed: int = 0, augment: Callable | None = None, noise_settings: dict | None = None,
+                      batch_size: int = 16, dtype: str = "float32") -> Dataset:
     """Audio encoder states of every clip: view 0 clean, views 1..K with `augment` (seeded by `view_seed`); built once.
 
     Rows are clip-major, view-minor (row = clip * (K + 1) + view), each with `clip`, `view` and `audio_states`
@@ -248,10 +250,8 @@ def build_audio_cache(model, processor, dataset, cache_root=None, num_views: int
                        "audio_states": clip_states.numpy().astype(dtype), "audio_frames": clip_frames.tolist()}
 
     tokens, width = _audio_token_shape(model, extractor)
-    features = Features({
-        "clip": Value("int64"), "view": Value("int64"), "audio_states": Array3D(shape=(None, tokens, width), dtype=dtype),
-        "audio_frames": List(Value("int64")),
-    })
+    features = Features({"clip": Value("int64"), "view": Value("int64"), "audio_states": Array3D(shape=(None, tokens, width), dtype=dtype),
+                         "audio_frames": List(Value("int64"))})
     meta = {"kind": "audio", "fingerprint": key, "clips": len(dataset), "views": num_views + 1, "seed": seed, "dtype": dtype}
     return _write(directory, features, rows(), meta, total=len(dataset) * (num_views + 1))
 
@@ -323,7 +323,7 @@ class CachedCollator(AtrCollator):
     decoded, augmented and featurised as `AtrCollator` does. Evaluation is not cached: use `AtrCollator` for it.
     """
 
-    def __init__(self, processor, text_cache: Dataset | None = None, audio_cache: Dataset | None = None,
+    def __init__(self, processor: ProcessorMixin, text_cache: Dataset | None = None, audio_cache: Dataset | None = None,
                  noise_probability: float = 0.5, **kwargs):
         if text_cache is None and audio_cache is None:
             raise ValueError("CachedCollator needs text_cache=, audio_cache= or both: otherwise use AtrCollator")

@@ -7,10 +7,14 @@ any other exception (a bug) keeps it. Every flag takes both spellings, `--a-b` a
 flag the parser does not know is one line naming the closest one (`one_line_errors`).
 """
 
+from __future__ import annotations
+
+import argparse
 import difflib
 import os
 import re
 import sys
+from collections.abc import Callable
 
 USER_ERRORS = (ValueError, OSError)
 # library argument -> the flag that sets it on every atr command line
@@ -24,7 +28,7 @@ def _other_spelling(flag):
     return f"--{other}" if other != name else None
 
 
-def both_spellings(parser):
+def both_spellings(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Let every `--a_b` / `--a-b` flag of `parser` answer to the other spelling too (help lists both); returns it."""
     for action in parser._actions:
         for flag in list(action.option_strings):
@@ -35,7 +39,7 @@ def both_spellings(parser):
     return parser
 
 
-def one_line_errors(parser, prog=None):
+def one_line_errors(parser: argparse.ArgumentParser, prog: str | None = None) -> argparse.ArgumentParser:
     """Make `parser` end a bad command line with one line (no usage text) and status 2; an unknown flag names the closest."""
     prog = prog or parser.prog
 
@@ -55,7 +59,7 @@ def one_line_errors(parser, prog=None):
     return parser
 
 
-def cli_message(message, names=None):
+def cli_message(message: str, names: dict[str, str] | None = None) -> str:
     """`message` with library argument names replaced by the flags (`names`: this CLI's own, e.g. out_dir -> --index-dir)."""
     for api, flag in {**API_TO_FLAG, **(names or {})}.items():
         message = re.sub(rf"(?<![\w-]){re.escape(api)}(?![\w=])", flag, message)
@@ -69,7 +73,8 @@ def cli_message(message, names=None):
     return message
 
 
-def run_cli(prog, main, argv=None, debug_flag=True, names=None):
+def run_cli(prog: str, main: Callable[[list[str]], int | None], argv: list[str] | None = None, debug_flag: bool = True,
+            names: dict[str, str] | None = None) -> int:
     """Run `main(argv)` (argv: sys.argv[1:] by default, `--debug` removed) and return its exit status.
 
     `debug_flag=False` leaves `--debug` to the CLI (train.py: TrainingArguments has its own); ATR_DEBUG=1 still works.

@@ -11,6 +11,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +23,11 @@ from .loading import ClapChunkProcessor, ClapRetrievalAdapter
 from .loading import MODEL_BACKENDS as BACKENDS
 from .loading import load_model as load_model_for_evaluation  # evaluate.py's name for atr's one loader
 from .metrics import DEFAULT_PROMPT_TEMPLATE, audio_text_retrieval_metrics, class_prompts, zero_shot_classification_metrics
+
+if TYPE_CHECKING:
+    import datasets
+
+    from .loading import RetrievalModel, RetrievalProcessor
 
 CLEAN = "clean"
 DIRECTIONS = ("t2a", "a2t")
@@ -67,7 +73,7 @@ def noise_label(noise: str) -> str:
     return noise if noise in NOISE_COLORS else Path(noise).name or str(noise)
 
 
-def load_noise(noise: str, sampling_rate: int):
+def load_noise(noise: str, sampling_rate: int) -> str | list[np.ndarray]:
     """A colour name as is, or the recordings of a folder decoded at `sampling_rate`."""
     if noise in NOISE_COLORS:
         return noise
@@ -76,7 +82,7 @@ def load_noise(noise: str, sampling_rate: int):
     return load_noise_files(noise, sampling_rate)
 
 
-def noisy_clip(wave: np.ndarray, noise, snr_db: float, seed: int, index: int) -> np.ndarray:
+def noisy_clip(wave: np.ndarray, noise: str | list[np.ndarray], snr_db: float, seed: int, index: int) -> np.ndarray:
     """Clip `index` with noise at exactly `snr_db`; the noise depends only on (seed, index), so every SNR scales the same noise."""
     try:
         return mix_at_snr(wave, noise, snr_db, rng=np.random.default_rng([seed, index]))
@@ -94,7 +100,7 @@ def realised_snr_db(clean: np.ndarray, noisy: np.ndarray) -> float:
 class NoisyEvalCollator:
     """An evaluation collator whose rows get noise at one SNR before featurising (rows carry `eval_index`)."""
 
-    def __init__(self, collator: AtrCollator, noise, snr_db: float, seed: int):
+    def __init__(self, collator: AtrCollator, noise: str | list[np.ndarray], snr_db: float, seed: int):
         self.collator, self.noise, self.snr_db, self.seed = collator, noise, snr_db, seed
 
     def __call__(self, rows: list[dict]):
@@ -108,7 +114,7 @@ class NoisyEvalCollator:
         return self.collator(noisy_rows)
 
 
-def dataset_fingerprint(dataset, text_column: str = "captions") -> str:
+def dataset_fingerprint(dataset: datasets.Dataset, text_column: str = "captions") -> str:
     """sha256 of the rows' audio paths and texts in order: two results pair up query by query only if these match."""
     digest = hashlib.sha256()
     for row in dataset.select_columns(["audio", text_column]):
@@ -133,7 +139,8 @@ def _kept_per_query(per_query: dict) -> dict:
     return {key: np.asarray(per_query[key]).tolist() for key in PER_QUERY_KEYS if key in per_query}
 
 
-def evaluate_retrieval(model, processor, dataset, conditions, noise="white", seed=0, batch_size=16, progress=True) -> list[dict]:
+def evaluate_retrieval(model: RetrievalModel, processor: RetrievalProcessor, dataset: datasets.Dataset, conditions: Sequence[float | None],
+                       noise: str = "white", seed: int = 0, batch_size: int = 16, progress: bool = True) -> list[dict]:
     """One record per condition: `{condition, snr_db, metrics, per_query: {t2a, a2t}}` for text<->audio retrieval."""
     dataset = dataset.add_column("eval_index", list(range(len(dataset))))
     noise_source = load_noise(noise, processor.feature_extractor.sampling_rate)
@@ -150,7 +157,8 @@ def evaluate_retrieval(model, processor, dataset, conditions, noise="white", see
     return records
 
 
-def class_names_and_labels(dataset, label_column: str, class_names: Sequence[str] | None = None, separator: str | None = None):
+def class_names_and_labels(dataset: datasets.Dataset, label_column: str, class_names: Sequence[str] | None = None,
+                           separator: str | None = None) -> tuple[list[str], list[list[int]]]:
     """(class names, label index list per clip) from ints, names, lists of either, or `separator`-joined names."""
     raw = dataset[label_column]
     feature = dataset.features.get(label_column)
@@ -184,8 +192,10 @@ def class_names_and_labels(dataset, label_column: str, class_names: Sequence[str
     return list(class_names), labels
 
 
-def evaluate_zero_shot(model, processor, dataset, conditions, *, label_column, class_names=None, separator=None,
-                       prompt_template=DEFAULT_PROMPT_TEMPLATE, noise="white", seed=0, batch_size=16, progress=True) -> tuple[list[dict], list[str]]:
+def evaluate_zero_shot(model: RetrievalModel, processor: RetrievalProcessor, dataset: datasets.Dataset, conditions: Sequence[float | None], *,
+                       label_column: str, class_names: Sequence[str] | None = None, separator: str | None = None,
+                       prompt_template: str = DEFAULT_PROMPT_TEMPLATE, noise: str = "white", seed: int = 0, batch_size: int = 16,
+                       progress: bool = True) -> tuple[list[dict], list[str]]:
     """Records per condition for zero-shot classification (clips rank one prompt per class), and the class names used."""
     class_names, labels = class_names_and_labels(dataset, label_column, class_names, separator)
     prompt_embeds = embed_texts(model, processor, class_prompts(class_names, prompt_template), batch_size)

@@ -22,12 +22,20 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import ProcessorMixin
+
+    from .modeling_atr import AtrModel
 
 ONNX_MANIFEST = "onnx_export.json"
 GRAPHS = {"audio": "audio.onnx", "pooling": "pooling.onnx", "text": "text.onnx"}
@@ -41,11 +49,11 @@ INLINE_WEIGHT_LIMIT = 1_500_000_000
 class AudioChunkEncoder(nn.Module):
     """Real chunks' features (N, ...) -> chunk embeddings (N, D), by the model's own encoder, head and projection."""
 
-    def __init__(self, model):
+    def __init__(self, model: AtrModel):
         super().__init__()
         self.model = model
 
-    def forward(self, chunk_features, frame_mask=None):
+    def forward(self, chunk_features: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Chunk embeddings, unnormalised, exactly as `AtrModel.get_audio_features(...).last_hidden_state` holds them."""
         # get_chunk_embeddings runs the chunks in one pass: get_audio_features' mini-batch loop is not traceable with a
         # dynamic chunk count.
@@ -55,11 +63,11 @@ class AudioChunkEncoder(nn.Module):
 class ChunkPooling(nn.Module):
     """Chunk embeddings (B, C, D) + chunk_mask (B, C) -> L2-normalised clip embeddings (B, D) and chunk weights (B, C)."""
 
-    def __init__(self, model):
+    def __init__(self, model: AtrModel):
         super().__init__()
         self.pooling = model.chunk_pooling
 
-    def forward(self, chunk_embeds, chunk_mask):
+    def forward(self, chunk_embeds: torch.Tensor, chunk_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The learned-query attention pooling of `AtrModel.get_audio_features`."""
         pooled, weights = self.pooling(chunk_embeds, chunk_mask)
         return nn.functional.normalize(pooled, dim=-1), weights
@@ -68,11 +76,11 @@ class ChunkPooling(nn.Module):
 class TextEncoder(nn.Module):
     """Token ids -> L2-normalised caption embeddings (B, D) and head tokens, by `AtrModel.get_text_features`."""
 
-    def __init__(self, model, with_token_type_ids: bool):
+    def __init__(self, model: AtrModel, with_token_type_ids: bool):
         super().__init__()
         self.model, self.with_token_type_ids = model, with_token_type_ids
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """`get_text_features(...)`: (pooler_output, last_hidden_state)."""
         out = self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         return out.pooler_output, out.last_hidden_state
@@ -117,7 +125,7 @@ def _example_text(processor):
 
 
 @torch.no_grad()
-def export_onnx(model, processor, out_dir, int8: bool = False, overwrite: bool = False) -> Path:
+def export_onnx(model: AtrModel, processor: ProcessorMixin, out_dir: str | os.PathLike, int8: bool = False, overwrite: bool = False) -> Path:
     """Write the audio, pooling and text graphs, the processor and config of an `AtrModel` (put in float32 eval mode) to out_dir."""
     _require_onnx()
     out_dir = Path(out_dir)
@@ -177,7 +185,7 @@ def _parser():
     return parser
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """`python -m atr.export onnx MODEL_DIR OUT_DIR [--int8] [--overwrite]`."""
     from transformers import AutoProcessor
 

@@ -12,7 +12,9 @@ Inputs may be numpy arrays or torch tensors (on the CPU); outputs are torch tens
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,8 +25,11 @@ from .configuration_atr import AtrConfig
 from .export import ONNX_MANIFEST
 from .modeling_atr import AtrAudioOutput
 
+if TYPE_CHECKING:
+    import onnxruntime
 
-def is_onnx_export(path) -> bool:
+
+def is_onnx_export(path: str | os.PathLike) -> bool:
     """Whether `path` is a folder written by `python -m atr.export onnx`."""
     return (Path(path) / ONNX_MANIFEST).is_file()
 
@@ -41,7 +46,7 @@ class AtrOnnxModel:
     device = torch.device("cpu")
     dtype = torch.float32
 
-    def __init__(self, path, config: AtrConfig, sessions: dict, files: dict, text_inputs: list[str], audio_inputs: list[str]):
+    def __init__(self, path: str | os.PathLike, config: AtrConfig, sessions: dict, files: dict, text_inputs: list[str], audio_inputs: list[str]):
         self.name_or_path = str(path)
         self.config = config
         self.sessions = sessions
@@ -50,7 +55,8 @@ class AtrOnnxModel:
         self.audio_inputs = audio_inputs
 
     @classmethod
-    def from_pretrained(cls, path, int8: bool = False, providers=None, session_options=None):
+    def from_pretrained(cls, path: str | os.PathLike, int8: bool = False, providers: list[str] | None = None,
+                        session_options: onnxruntime.SessionOptions | None = None) -> AtrOnnxModel:
         """Load an export folder; `int8=True` uses the dynamically quantized audio and text graphs (`--int8` at export)."""
         try:
             import onnxruntime as ort
@@ -76,7 +82,7 @@ class AtrOnnxModel:
         audio_inputs, text_inputs = ([i.name for i in sessions[kind].get_inputs()] for kind in ("audio", "text"))
         return cls(path, AtrConfig.from_pretrained(path), sessions, files, text_inputs, audio_inputs)
 
-    def eval(self):
+    def eval(self) -> AtrOnnxModel:
         """No-op (ONNX graphs are inference only), so code written for `AtrModel` runs unchanged."""
         return self
 
@@ -85,7 +91,8 @@ class AtrOnnxModel:
         return {name: torch.frombuffer(bytearray((Path(self.name_or_path) / name).read_bytes()), dtype=torch.uint8)
                 for name in sorted(self.files.values())}
 
-    def get_audio_features(self, input_features, chunk_mask=None, audio_attention_mask=None, **kwargs) -> AtrAudioOutput:
+    def get_audio_features(self, input_features: torch.Tensor | np.ndarray, chunk_mask: torch.Tensor | np.ndarray | None = None,
+                           audio_attention_mask: torch.Tensor | np.ndarray | None = None, **kwargs) -> AtrAudioOutput:
         """Embed chunked audio: `pooler_output` (B, D) L2-normalised, `last_hidden_state` chunk embeddings (B, C, D), `chunk_weights`."""
         features = _numpy(input_features, np.float32)
         if features.ndim < 3:
@@ -113,7 +120,8 @@ class AtrOnnxModel:
         return AtrAudioOutput(last_hidden_state=torch.from_numpy(grid), pooler_output=torch.from_numpy(pooled),
                               chunk_weights=torch.from_numpy(weights))
 
-    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None, **kwargs) -> BaseModelOutputWithPooling:
+    def get_text_features(self, input_ids: torch.Tensor | np.ndarray, attention_mask: torch.Tensor | np.ndarray | None = None,
+                          token_type_ids: torch.Tensor | np.ndarray | None = None, **kwargs) -> BaseModelOutputWithPooling:
         """Embed captions: `pooler_output` (B, D) L2-normalised, `last_hidden_state` the head's tokens."""
         ids = _numpy(input_ids, np.int64)
         given = {"input_ids": ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
