@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from .data import decode_audio
 from .synthetic import colored_noise
+
+if TYPE_CHECKING:
+    from audiomentations import Compose, OneOf, Resample
 
 NOISE_COLORS = ("white", "pink", "brown")
 
@@ -64,7 +67,7 @@ def mix_at_snr(clean: np.ndarray, noise: str | np.ndarray | Sequence[np.ndarray]
 
 
 def make_noise_augmentation(p: float = 0.5, min_snr_db: float = 5.0, max_snr_db: float = 15.0,
-                            background_dir: str | os.PathLike | None = None):
+                            background_dir: str | os.PathLike | None = None) -> OneOf:
     """An audiomentations transform adding white, coloured or (given a folder) recorded noise at a random SNR."""
     from audiomentations import AddBackgroundNoise, AddColorNoise, AddGaussianSNR, OneOf
 
@@ -82,7 +85,7 @@ def make_noise_augmentation(p: float = 0.5, min_snr_db: float = 5.0, max_snr_db:
     return OneOf(transforms, p=p)
 
 
-def make_speed_perturbation(sampling_rate: int, max_change: float, p: float = 0.5):
+def make_speed_perturbation(sampling_rate: int, max_change: float, p: float = 0.5) -> Resample:
     """Speed perturbation: resample by a random factor in [1 - max_change, 1 + max_change] (tempo and pitch together)."""
     from audiomentations import Resample
 
@@ -93,7 +96,8 @@ def make_speed_perturbation(sampling_rate: int, max_change: float, p: float = 0.
 
 
 def make_training_augmentation(sampling_rate: int, noise_probability: float = 0.5, min_snr_db: float = 5.0,
-                               max_snr_db: float = 15.0, background_dir=None, speed_perturbation: float = 0.0):
+                               max_snr_db: float = 15.0, background_dir: str | os.PathLike | None = None,
+                               speed_perturbation: float = 0.0) -> OneOf | Compose:
     """train.py's augmentation: speed perturbation (when `speed_perturbation` > 0), then noise with `noise_probability`."""
     noise = make_noise_augmentation(noise_probability, min_snr_db, max_snr_db, background_dir)
     if not speed_perturbation:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import random
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
 from .data import _audio_name, decode_audio
+
+if TYPE_CHECKING:
+    from transformers import ProcessorMixin
 
 
 class AtrCollator:
@@ -22,7 +25,7 @@ class AtrCollator:
     Evaluation: every caption of every clip plus `caption_to_audio` (the clip index of each caption).
     """
 
-    def __init__(self, processor, training: bool = True, seed: int = 0, augment: Callable | None = None,
+    def __init__(self, processor: ProcessorMixin, training: bool = True, seed: int = 0, augment: Callable | None = None,
                  processor_kwargs: dict | None = None):
         self.processor = processor
         self.training = training
@@ -42,7 +45,7 @@ class AtrCollator:
         """The epoch whose draws the next batches get."""
         return int(self._epoch)
 
-    def set_epoch(self, epoch: int):
+    def set_epoch(self, epoch: int) -> None:
         """Draw this epoch's captions, noise and chunks, in this process and in its DataLoader workers."""
         self._epoch.fill_(int(epoch))
 

@@ -256,7 +256,7 @@ def converted_whisper(source: str | os.PathLike, parts: list[Path] | None = None
     return target
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     """`atr-convert-whisper SOURCE OUTPUT_DIR`: write a faster-whisper folder as a transformers Whisper checkpoint."""
     import argparse
     import sys

@@ -43,7 +43,7 @@ def _audio_source(audio):
     return os.fspath(audio)
 
 
-def decode_audio(audio, sampling_rate: int) -> np.ndarray:
+def decode_audio(audio: str | os.PathLike | dict, sampling_rate: int) -> np.ndarray:
     """Float32 mono waveform at `sampling_rate` from a path, a {"path", "bytes"} dict or a {"array", "sampling_rate"} dict.
 
     An array goes through `AtrFeatureExtractor.to_mono_float`, the extractor's own check: integer PCM is scaled to
@@ -135,7 +135,7 @@ def _is_manifest(source) -> bool:
     return Path(source).suffix in (".csv", ".jsonl", ".json") and not os.path.isdir(source)
 
 
-def is_unsplit_manifest(source) -> bool:
+def is_unsplit_manifest(source: str | os.PathLike) -> bool:
     """Whether `source` is a CSV/JSONL manifest without a `split` column: one table that every split would read whole."""
     return _is_manifest(source) and os.path.isfile(source) and "split" not in _read_table(Path(source)).column_names
 
@@ -164,7 +164,7 @@ def median_duration_if_short(dataset: Dataset, window_s: float, sample_rows: int
     return median if median < window_s / 4 else None
 
 
-def hold_out(dataset, fraction, seed, name="validation"):
+def hold_out(dataset: Dataset, fraction: float, seed: int, name: str = "validation") -> tuple[Dataset, Dataset]:
     """(rest, held-out) of `dataset` split by clip (rows sharing an audio path stay together), seeded; `name`: what for."""
     # the path field only, read from Arrow: embedded audio bytes are never loaded
     paths = pc.struct_field(dataset.with_format("arrow")["audio"], "path").to_pylist()

@@ -45,7 +45,7 @@ def _decode(data, sampling_rate, rate):
 class EndpointHandler:
     """The atr model and its processor, loaded once; each call answers one request."""
 
-    def __init__(self, path=""):
+    def __init__(self, path: str = ""):
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = AutoModel.from_pretrained(path, trust_remote_code=True).to(self.device).eval()
         self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)

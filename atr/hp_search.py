@@ -6,17 +6,25 @@ come from the trial, trains it as `train.py` would, and is scored on the validat
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from .loss_atr import PAPER_WEIGHTS as LOSS_WEIGHTS
 
+if TYPE_CHECKING:
+    import optuna
+    from transformers import PreTrainedModel, Trainer
+    from transformers.trainer_utils import BestRun
 
-def hp_space(trial) -> dict:
+
+def hp_space(trial: optuna.Trial) -> dict:
     """The searched settings: each loss weight in [0, 2] and the learning rate on a log scale around the recipe's."""
     space = {name: trial.suggest_float(name, 0.0, 2.0) for name in LOSS_WEIGHTS}
     space["learning_rate"] = trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True)
     return space
 
 
-def make_model_init(build_model):
+def make_model_init(build_model: Callable[[dict[str, float]], PreTrainedModel]) -> Callable[[optuna.Trial | None], PreTrainedModel]:
     """A `Trainer(model_init=...)` that builds a fresh model with the trial's loss weights (`build_model(overrides)`)."""
 
     def model_init(trial=None):
@@ -35,7 +43,7 @@ def objective(metrics: dict) -> float:
     return (metrics[keys[0]] + metrics[keys[1]]) / 2
 
 
-def run(trainer, n_trials: int, seed: int = 0):
+def run(trainer: Trainer, n_trials: int, seed: int = 0) -> BestRun:
     """Search `n_trials` trials (optuna TPE, seeded) and return transformers' `BestRun`."""
     import optuna
 

@@ -15,6 +15,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -47,7 +48,8 @@ def auto_block_size(num_candidates: int, max_tile_bytes: int = DEFAULT_MAX_TILE_
     return max(1, max_tile_bytes // (4 * max(1, num_candidates)))
 
 
-def similarity_blocks(query_embeds, candidate_embeds, block_size: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+def similarity_blocks(query_embeds: torch.Tensor | np.ndarray, candidate_embeds: torch.Tensor | np.ndarray,
+                      block_size: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield `(start, scores)` with `scores = query_embeds[start:start + block_size] @ candidate_embeds.T` in float32.
 
     `scores` is a view of one buffer reused for every block (no page faults per block): copy it to keep it.
@@ -91,7 +93,8 @@ def _padded_relevant(relevant: Sequence[Sequence[int]], num_queries: int, num_ca
 
 
 def relevant_ranks(
-    query_embeds, candidate_embeds, relevant: Sequence[Sequence[int]], block_size: int | None = None
+    query_embeds: torch.Tensor | np.ndarray, candidate_embeds: torch.Tensor | np.ndarray, relevant: Sequence[Sequence[int]],
+    block_size: int | None = None,
 ) -> np.ndarray:
     """0-based rank of every relevant candidate of every query, sorted per query, as (Q, max_relevant) padded with -1."""
     queries = _as_embeddings("query_embeds", query_embeds)
@@ -154,8 +157,8 @@ def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS, map_k:
 
 
 def retrieval_metrics(
-    query_embeds,
-    candidate_embeds,
+    query_embeds: torch.Tensor | np.ndarray,
+    candidate_embeds: torch.Tensor | np.ndarray,
     relevant: Sequence[Sequence[int]],
     ks: Sequence[int] = DEFAULT_KS,
     block_size: int | None = None,
@@ -171,8 +174,8 @@ def _prefixed(prefix: str, results: dict, drop: Sequence[str] = ()) -> dict:
 
 
 def audio_text_retrieval_metrics(
-    audio_embeds,
-    text_embeds,
+    audio_embeds: torch.Tensor | np.ndarray,
+    text_embeds: torch.Tensor | np.ndarray,
     caption_to_audio: Sequence[int],
     ks: Sequence[int] = DEFAULT_KS,
     block_size: int | None = None,
@@ -211,8 +214,8 @@ def class_prompts(class_names: Sequence[str], template: str = DEFAULT_PROMPT_TEM
 
 
 def zero_shot_classification_metrics(
-    audio_embeds,
-    class_text_embeds,
+    audio_embeds: torch.Tensor | np.ndarray,
+    class_text_embeds: torch.Tensor | np.ndarray,
     labels: Sequence[int | Sequence[int]],
     ks: Sequence[int] = DEFAULT_KS,
     block_size: int | None = None,
@@ -231,7 +234,7 @@ def zero_shot_classification_metrics(
     return results
 
 
-def import_evaluate():
+def import_evaluate() -> ModuleType:
     """Import the Hugging Face `evaluate` library, even when a script named evaluate.py (this repo's CLI) shadows it."""
     module = sys.modules.get("evaluate")
     if module is not None and hasattr(module, "__path__"):
@@ -270,7 +273,7 @@ def _package_git_commit() -> str | None:
     return result.stdout.strip()
 
 
-def to_jsonable(value):
+def to_jsonable(value: object) -> object:
     """Numpy/torch arrays and scalars (e.g. `per_query` scores) converted to plain Python for json."""
     if isinstance(value, dict):
         return {str(key): to_jsonable(item) for key, item in value.items()}

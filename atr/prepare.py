@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     return one_line_errors(both_spellings(parser))
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     """The command line: `python -m atr.prepare {clotho,fsd50k} OUT_DIR [--keep_downloads]`."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -7,13 +7,19 @@ a misspelled one is refused with the closest valid names.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import inspect
 import json
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    from transformers import HfArgumentParser
 
 JSON_BLOCKS = ("model_config", "feature_extractor_config", "audio_config_overrides")
 UNSET = "(unset)"
@@ -33,7 +39,7 @@ def _refuse_unknown(keys, valid, where, fix):
         raise ValueError(f"{where} has unknown settings: {named}. {fix}")
 
 
-def block_keys(block) -> set[str]:
+def block_keys(block: str) -> set[str]:
     """The settings a JSON block may hold: AtrConfig fields, AtrFeatureExtractor arguments, audio config fields of any family."""
     from .backbones_atr import AUDIO_BACKBONES
     from .configuration_atr import AtrConfig
@@ -47,7 +53,7 @@ def block_keys(block) -> set[str]:
     return {f.name for spec in AUDIO_BACKBONES.values() if spec.config_class for f in dataclasses.fields(spec.config_class)}
 
 
-def read_config(path, known) -> dict:
+def read_config(path: str | os.PathLike, known: set[str]) -> dict:
     """A YAML config's settings (nested blocks as JSON strings, as the flags take them); unknown names are refused."""
     values = yaml.safe_load(Path(path).read_text()) or {}
     _refuse_unknown(values, known, f"config file {path}", "Check the spelling against `python train.py --help`.")
@@ -71,7 +77,7 @@ def _load_block(flag, value):
     return loaded
 
 
-def merge_blocks(config_values, namespace):
+def merge_blocks(config_values: dict, namespace: argparse.Namespace) -> None:
     """Update each JSON block of `namespace` (the parsed flags) with the file's block underneath, key by key; check keys."""
     for block in JSON_BLOCKS:
         if not hasattr(namespace, block):
@@ -99,7 +105,7 @@ def _flatten(values) -> dict:
     return flat
 
 
-def parse_with_config(parser, config_path, argv):
+def parse_with_config(parser: HfArgumentParser, config_path: str | os.PathLike | None, argv: list[str] | None) -> tuple[tuple, list[str]]:
     """(the parser's dataclasses from `config_path` + `argv`, the 'name: file -> effective' lines of every setting that differs)."""
     config_values = {}
     if config_path:
