@@ -1,9 +1,12 @@
 """The model card (README.md) of a trained atr model: Hub metadata with a model-index, usage, method, training, results."""
 
+from __future__ import annotations
+
 import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -11,6 +14,15 @@ from .backbones_atr import audio_backbone
 from .loss_atr import loss_formula
 from .model_card_template import CITATION, TEMPLATE, USAGE
 from .pretrained import PACKAGED_BACKBONES
+
+if TYPE_CHECKING:
+    from transformers import ProcessorMixin
+
+    from .configuration_atr import AtrConfig
+    from .modeling_atr import AtrModel
+
+# Results as given to the card: one flat metrics dict (AtrTrainer.evaluate's) or records (evaluate's results.json)
+Results = Mapping | Sequence[Mapping]
 
 RETRIEVAL_TASK = "audio-text-retrieval"
 ZERO_SHOT_TASK = "zero-shot-audio-classification"
@@ -74,7 +86,7 @@ def _records(results, dataset: str | None = None, split: str | None = None) -> l
     return records
 
 
-def eval_results_from(results, dataset: str | None = None, split: str | None = None) -> list[EvalResult]:
+def eval_results_from(results: Results | None, dataset: str | None = None, split: str | None = None) -> list[EvalResult]:
     """`EvalResult`s (one per metric) from results records `{dataset, split, condition, task, dataset_id, metrics}`."""
     eval_results = []
     for record in _records(results, dataset, split):
@@ -183,7 +195,7 @@ def _limitations(dataset: str | None) -> str:
     return "\n".join(lines)
 
 
-def widget_example(model, processor, folder: str | os.PathLike, repo_id: str) -> list[dict]:
+def widget_example(model: AtrModel, processor: ProcessorMixin, folder: str | os.PathLike, repo_id: str) -> list[dict]:
     """Write a synthetic example clip into `folder` and return the card's `widget:` with the model's real output on it."""
     import torch
 
@@ -228,9 +240,9 @@ def _card_data(config, dataset, license, model_name, eval_results, widget=None) 
 
 
 def build_model_card(
-    config,
+    config: AtrConfig,
     training_args: Mapping | None = None,
-    results=None,
+    results: Results | None = None,
     *,
     dataset: str | None = None,
     split: str | None = None,
@@ -269,8 +281,8 @@ def default_model_name(repo_id: str | None, dataset: str | None) -> str:
     return f"atr-{slug or 'model'}"
 
 
-def write_model_card(output_dir: str | os.PathLike, config, training_args: Mapping | None = None, results=None, *,
-                     model=None, processor=None, **kwargs) -> Path:
+def write_model_card(output_dir: str | os.PathLike, config: AtrConfig, training_args: Mapping | None = None, results: Results | None = None,
+                     *, model: AtrModel | None = None, processor: ProcessorMixin | None = None, **kwargs) -> Path:
     """Write `build_model_card(...)` to `output_dir/README.md` (with a widget example when `model`/`processor` are given)."""
     path = Path(output_dir) / "README.md"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -281,7 +293,7 @@ def write_model_card(output_dir: str | os.PathLike, config, training_args: Mappi
     return path
 
 
-def update_model_card(readme: str | os.PathLike, results, *, dataset: str | None = None, split: str | None = None) -> ModelCard:
+def update_model_card(readme: str | os.PathLike, results: Results, *, dataset: str | None = None, split: str | None = None) -> ModelCard:
     """Merge new results into an existing README.md's model-index and results table, keeping the rest of the card."""
     path = Path(readme)
     if path.is_dir():

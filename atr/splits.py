@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import TYPE_CHECKING
 
-from .cli.flags import dataset_source_kwargs
+from .cli.flags import DataArguments, dataset_source_kwargs
 from .data import has_split, hold_out, is_unsplit_manifest, load_audio_text_dataset
+
+if TYPE_CHECKING:
+    from datasets import Dataset, IterableDataset
+    from transformers import TrainingArguments
 
 logger = logging.getLogger("atr.train")
 
@@ -21,7 +26,7 @@ def _evaluating(training_args) -> bool:
     return training_args is not None and (training_args.eval_strategy != "no" or training_args.load_best_model_at_end)
 
 
-def load_splits(data_args, training_args=None):
+def load_splits(data_args: DataArguments, training_args: TrainingArguments | None = None) -> dict[str, Dataset | IterableDataset | None]:
     """Train, eval and test datasets (eval/test None when their split name is empty).
 
     With no eval split in the source, a seeded slice of train is held out when `training_args` evaluate during

@@ -1,9 +1,14 @@
 """AtrTrainer: a transformers Trainer for the hybrid loss, with retrieval metrics at evaluation and our model card."""
 
+from __future__ import annotations
+
 import logging
+import os
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -15,19 +20,25 @@ from .embedding import embed_dataset
 from .loss_atr import LOSS_TERMS
 from .metrics import audio_text_retrieval_metrics
 
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from torch import nn
+
+    from .modeling_atr import AtrOutput
+
 logger = logging.getLogger(__name__)
 # Inference Endpoints run handler.py (atr/handler.py) and install requirements.txt from a model repo
 ENDPOINT_REQUIREMENTS = "soundfile\nsoxr\n"
 
 
-def write_endpoint_handler(output_dir):
+def write_endpoint_handler(output_dir: str | os.PathLike) -> None:
     """Write the Inference Endpoints custom handler (handler.py) and the packages it needs (requirements.txt) into a model folder."""
     output_dir = Path(output_dir)
     (output_dir / "handler.py").write_text(Path(__file__).with_name("handler.py").read_text())
     (output_dir / "requirements.txt").write_text(ENDPOINT_REQUIREMENTS)
 
 
-def last_complete_checkpoint(output_dir):
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
     """The newest `checkpoint-N` of `output_dir` that holds trainer_state.json (written last), else None.
 
     A run killed while saving leaves a newer checkpoint without it, which transformers' get_last_checkpoint would
@@ -57,12 +68,12 @@ class _CollatorEpoch(TrainerCallback):
 class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
     """transformers' LengthGroupedSampler with the order drawn from (seed, epoch), so a resumed epoch has the same batches."""
 
-    def __init__(self, batch_size: int, lengths, seed: int):
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
         # a plain list: datasets 5 hands over a lazy Column, and one Arrow lookup per item per epoch costs seconds
         super().__init__(batch_size, lengths=[int(length) for length in lengths], generator=torch.Generator())
         self.seed, self.epoch = int(seed), 0
 
-    def set_epoch(self, epoch: int):
+    def set_epoch(self, epoch: int) -> None:
         """Called by Trainer / accelerate before each epoch."""
         self.epoch = int(epoch)
 
@@ -88,7 +99,7 @@ class AtrTrainer(Trainer):
     # The model returns a batch-mean loss; Trainer divides by the accumulation steps exactly once.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, eval_collator=None, **kwargs):
+    def __init__(self, *args, eval_collator: Callable[[list[dict]], dict] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_collator = eval_collator
         self._term_sums = defaultdict(float)
@@ -111,11 +122,12 @@ class AtrTrainer(Trainer):
             return EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, seed)
         return sampler
 
-    def get_decay_parameter_names(self, model):
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         """Trainer's choice minus the temperature and the learned pooling query: decaying them pulls them to 0."""
         return [n for n in super().get_decay_parameter_names(model) if not n.endswith(("logit_scale", "chunk_pooling.query"))]
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def compute_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor | tuple[torch.Tensor, AtrOutput]:
         """Hybrid loss from the model's forward, its alignment weights warmed up by step; its terms are accumulated for logging."""
         scale = self.accelerator.unwrap_model(model).hybrid_loss.warmup_scale(self.state.global_step)
         outputs = model(**{**inputs, "return_loss": True, "alignment_scale": scale})
@@ -125,7 +137,7 @@ class AtrTrainer(Trainer):
             self._term_count += 1
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
-    def log(self, logs, start_time=None):
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the mean of each hybrid-loss term since the last training log."""
         if "loss" in logs and self._term_count:
             for term, total in self._term_sums.items():
@@ -134,7 +146,7 @@ class AtrTrainer(Trainer):
             self._term_count = 0
         super().log(logs, start_time)
 
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+    def evaluate(self, eval_dataset: Dataset | None = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Embed the whole eval split (sharded over processes) and report retrieval metrics in both directions."""
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if self.eval_collator is None:
@@ -159,7 +171,7 @@ class AtrTrainer(Trainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
-    def create_model_card(self, results=None, *, dataset: str | None = None, split: str | None = None,
+    def create_model_card(self, results: dict[str, float] | None = None, *, dataset: str | None = None, split: str | None = None,
                           data_args: dict | None = None, **trainer_card_kwargs) -> None:
         """Write atr's model card (config, loss, training set-up, the given results) instead of Trainer's generic one."""
         from .model_card import write_model_card

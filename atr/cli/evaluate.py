@@ -96,7 +96,7 @@ def load_eval_dataset(args):
     return dataset
 
 
-def run_evaluation(args) -> dict:
+def run_evaluation(args: argparse.Namespace) -> dict:
     """Evaluate, then write results.json, results.md and the plots (and the model card when asked)."""
     import atr
     from atr import evaluation, reporting
@@ -146,7 +146,7 @@ def run_evaluation(args) -> dict:
     return results
 
 
-def run_comparison(args) -> list[dict]:
+def run_comparison(args: argparse.Namespace) -> list[dict]:
     """Wilcoxon signed-rank tests between two results.json files; the table printed and, with --output_dir, saved."""
     from atr import reporting
     from atr.metrics import save_results
@@ -168,7 +168,7 @@ def run_comparison(args) -> list[dict]:
     return rows
 
 
-def main(argv=None, prog: str = "atr-evaluate"):
+def main(argv: list[str] | None = None, prog: str = "atr-evaluate") -> dict | list[dict]:
     """Run the CLI: evaluation (returns its results), or --compare (returns its rows)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(prog).parse_args(argv)

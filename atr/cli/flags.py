@@ -4,6 +4,7 @@ Each group is a dataclass read by transformers' `HfArgumentParser` (a field's na
 are the flag's); train.py's YAML configs set the same names.
 """
 
+import argparse
 from dataclasses import dataclass, field
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -36,7 +37,7 @@ class RemoteCodeArguments:
     )
 
 
-def dataset_source_kwargs(args) -> dict:
+def dataset_source_kwargs(args: DatasetArguments | argparse.Namespace) -> dict:
     """`load_audio_text_dataset`'s keywords from the shared data flags (on DatasetArguments or a parsed namespace)."""
     return dict(
         config_name=args.dataset_config, audio_column=args.audio_column, skip_bad_audio=args.skip_bad_audio,

@@ -69,7 +69,7 @@ def help_ordered_parser(prog: str = "atr-train") -> HfArgumentParser:
     return one_line_errors(parser, prog)
 
 
-def parse_settings(argv, prog: str = "atr-train"):
+def parse_settings(argv: list[str], prog: str = "atr-train") -> tuple[tuple, list[str]]:
     """(the four argument dataclasses, the settings that differ from the config file's, as 'name: file -> effective')."""
     parser = help_ordered_parser(prog)
     # Batches of clips with similar chunk counts: one long file no longer pads a whole batch to its length.
@@ -80,7 +80,7 @@ def parse_settings(argv, prog: str = "atr-train"):
     return parse_with_config(parser, config_path, argv)
 
 
-def parse_args(argv):
+def parse_args(argv: list[str]) -> tuple:
     """Parse `--config file.yaml` (default: configs/pretrained.yaml) with CLI flags overriding it."""
     return parse_settings(argv)[0]
 
@@ -147,7 +147,7 @@ def build_model(model_args, audio_path=None, text_path=None) -> AtrModel:
     return model
 
 
-def build_model_and_processor(model_args) -> tuple[AtrModel, AtrProcessor]:
+def build_model_and_processor(model_args: ModelArguments) -> tuple[AtrModel, AtrProcessor]:
     """The model and its processor, from a trained atr model or from backbones."""
     paths = backbone_paths(model_args)
     return build_model(model_args, *paths), build_processor(model_args, *paths)
@@ -304,7 +304,7 @@ def search_hyperparameters(run: Run, trainer_kwargs, n_trials):
     return build(weights)
 
 
-def main(argv=None, prog: str = "atr-train"):
+def main(argv: list[str] | None = None, prog: str = "atr-train") -> tuple[AtrTrainer, dict]:
     """Train, save model + processor + card, evaluate the test split, optionally push to the Hub; returns (trainer, test results)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     run = resolve_run(argv, prog)
