@@ -1,10 +1,14 @@
 """AtrProcessor: one call that turns audio and captions into a batch `AtrModel` accepts."""
 
 import os
+from typing import TYPE_CHECKING
 
 from transformers import PreTrainedConfig, PreTrainedTokenizerBase
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
+
+if TYPE_CHECKING:
+    from .feature_extraction_atr import AtrFeatureExtractor
 
 # Flat keyword arguments and the one component each belongs to. transformers' own routing sends `padding`,
 # `truncation` and `max_length` to the audio side too (they exist in both TextKwargs and AudioKwargs), where they

@@ -14,11 +14,6 @@ from pathlib import Path
 
 import pytest
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - the 3.10 fallback
-    tomllib = pytest.importorskip("tomli")
-
 import atr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +66,7 @@ def missing_hints(module_name, qualname, function):
 
 def entry_points():
     """(module name, function name) of each console script in pyproject.toml."""
+    tomllib = importlib.import_module("tomllib") if sys.version_info >= (3, 11) else pytest.importorskip("tomli")
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     return [tuple(target.split(":")) for target in scripts.values()]
 
