@@ -31,7 +31,7 @@ from atr.evaluation import noisy_clip
 
 DIGITS = "zero one two three four five six seven eight nine".split()
 HOMOPHONES = {"to": "two", "too": "two", "won": "one", "for": "four", "fore": "four", "ate": "eight", "know": "no",
-              "write": "right", "of": "off"}
+              "write": "right"}
 RATE = 16000
 
 
@@ -49,9 +49,8 @@ def transcribe(model, tokenizer, features: np.ndarray, beam_size: int) -> list[s
 
 
 def surface_forms(word: str) -> list[str]:
-    """How Whisper may write a lone word: capitalised or not, with or without a full stop, as a digit for a number."""
-    spellings = [word, word.capitalize()] + ([str(DIGITS.index(word))] if word in DIGITS else [])
-    return [f" {spelling}{stop}" for spelling in spellings for stop in ("", ".")]
+    """How Whisper writes a lone word: capitalised with a full stop, bare, or as a digit for a number."""
+    return [f" {word.capitalize()}.", f" {word}"] + ([f" {DIGITS.index(word)}."] if word in DIGITS else [])
 
 
 def closed_set_choice(model, tokenizer, features: np.ndarray, vocabulary: list[str]) -> list[str]:
@@ -95,7 +94,7 @@ def whisper_ceiling(data_dir, model_dir, snr_db: float = 5.0, split: str = "test
 
         scorer = WhisperForConditionalGeneration.from_pretrained(converted_whisper(model_dir)).eval()
     dataset = load_audio_text_dataset(data_dir, split, caption_columns="word")
-    words, accents = dataset["word"], [voice.split("+")[0] for voice in dataset["voice"]]
+    words, accents = list(dataset["word"]), [voice.split("+")[0] for voice in dataset["voice"]]
     vocabulary = sorted(set(words))
     clean = [decode_audio(row["audio"], RATE) for row in dataset]
     by = lambda keys, hits: {k: float(np.mean([x for key, x in zip(keys, hits) if key == k])) for k in sorted(set(keys))}
