@@ -196,7 +196,7 @@ def short_clip_argv(argv, model_args, data_args, run_args, train_dataset, window
         advice = ("--config configs/pretrained_short_clips.yaml, or for this backbone a shorter window, e.g. "
                   "--audio_config_overrides '{\"max_source_positions\": 125}' (2.5 s for Whisper)")
     else:
-        advice = "--config configs/short_clips.yaml (1.24 s windows at a 10 ms hop; BENCHMARKS.md, 'Spoken words')"
+        advice = "--config configs/short_clips.yaml (1.24 s windows at a 10 ms hop; docs/benchmarks/quality.md)"
     logger.warning("%s: the rest is padding and the time resolution is coarse for them; for short recordings train with %s", share, advice)
     return None
 
