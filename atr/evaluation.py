@@ -19,9 +19,6 @@ from .augmentation import NOISE_COLORS, load_noise_files, mix_at_snr
 from .collator import AtrCollator
 from .data import decode_audio
 from .embedding import embed_dataset, embed_texts
-from .loading import ClapChunkProcessor, ClapRetrievalAdapter
-from .loading import MODEL_BACKENDS as BACKENDS
-from .loading import load_model as load_model_for_evaluation  # evaluate.py's name for atr's one loader
 from .metrics import DEFAULT_PROMPT_TEMPLATE, audio_text_retrieval_metrics, class_prompts, zero_shot_classification_metrics
 
 if TYPE_CHECKING:
@@ -213,15 +210,12 @@ def evaluate_zero_shot(model: RetrievalModel, processor: RetrievalProcessor, dat
 
 
 __all__ = [
-    "ClapChunkProcessor",
-    "ClapRetrievalAdapter",
     "NoisyEvalCollator",
     "class_names_and_labels",
     "condition_name",
     "dataset_fingerprint",
     "evaluate_retrieval",
     "evaluate_zero_shot",
-    "load_model_for_evaluation",
     "load_noise",
     "noisy_clip",
     "parse_conditions",

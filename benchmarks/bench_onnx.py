@@ -96,7 +96,7 @@ def quality(args) -> dict:
     """Retrieval metrics of --model on --dataset/--split with PyTorch, ONNX Runtime fp32 and int8."""
     from transformers import AutoProcessor
 
-    from atr import evaluation
+    from atr import evaluation, loading
     from atr.data import load_audio_text_dataset
     from atr.export import export_onnx
 
@@ -106,9 +106,9 @@ def quality(args) -> dict:
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         export_onnx(model, processor, folder, int8=True)
-        for backend in evaluation.BACKENDS:
+        for backend in loading.MODEL_BACKENDS:
             source = args.model if backend == "torch" else folder
-            embedder, embed_processor, _ = evaluation.load_model_for_evaluation(source, backend=backend)
+            embedder, embed_processor, _ = loading.load_model(source, backend=backend)
             record = evaluation.evaluate_retrieval(embedder, embed_processor, dataset, [None], batch_size=16, progress=False)[0]
             results[backend] = {k: round(v, 4) for k, v in record["metrics"].items() if k.endswith(("mAP10", "R1", "R10"))}
     results["int8_t2a_mAP10_cost"] = round(results["torch"]["t2a_mAP10"] - results["onnx-int8"]["t2a_mAP10"], 4)

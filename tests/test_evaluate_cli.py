@@ -14,7 +14,7 @@ from scipy.stats import wilcoxon
 from tiny import tiny_bert_config, tiny_clap_audio_config, tiny_roberta_config, tiny_tokenizer
 from transformers import BertModel, ClapConfig, ClapFeatureExtractor, ClapModel
 
-from atr import evaluation
+from atr import evaluation, loading
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -192,7 +192,7 @@ def test_compare_refuses_unpaired_results(tmp_path):
 
 
 def test_clap_adapter_is_deterministic_and_matches_clap_model(clap_model):
-    model, processor, info = evaluation.load_model_for_evaluation(str(clap_model))
+    model, processor, info = loading.load_model(str(clap_model))
     rng = np.random.default_rng(0)
     short = (0.3 * np.sin(np.arange(RATE * 1.5) * 0.2) + 0.01 * rng.standard_normal(int(RATE * 1.5))).astype(np.float32)
     long = (0.3 * np.sin(np.arange(RATE * 5) * 0.05) + 0.01 * rng.standard_normal(RATE * 5)).astype(np.float32)
@@ -258,7 +258,7 @@ def test_clap_adapter_on_a_fused_checkpoint_is_deterministic(tmp_path):
     ClapModel(config).save_pretrained(tmp_path)
     ClapFeatureExtractor(feature_size=16, sampling_rate=RATE, hop_length=160, max_length_s=2, fft_window_size=1024, truncation="fusion").save_pretrained(tmp_path)
     tiny_tokenizer().save_pretrained(tmp_path)
-    model, processor, _ = evaluation.load_model_for_evaluation(str(tmp_path))
+    model, processor, _ = loading.load_model(str(tmp_path))
     clip = 0.1 * np.random.default_rng(0).standard_normal(RATE * 5).astype(np.float32)
     with torch.no_grad():
         first = model.get_audio_features(**processor(audio=[clip, clip[:RATE]], sampling_rate=RATE)).pooler_output

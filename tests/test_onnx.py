@@ -133,7 +133,7 @@ def test_export_refuses_to_overwrite_and_loading_needs_an_export(exported, tmp_p
 def test_evaluation_with_the_onnx_backend_embeds_as_pytorch(exported, tmp_path):
     import datasets
 
-    from atr import evaluation
+    from atr import evaluation, loading
     from atr.collator import AtrCollator
     from atr.embedding import embed_dataset
 
@@ -144,7 +144,7 @@ def test_evaluation_with_the_onnx_backend_embeds_as_pytorch(exported, tmp_path):
         paths.append(str(tmp_path / f"clip{i}.wav"))
         sf.write(paths[-1], clip, rate)
     dataset = datasets.Dataset.from_dict({"audio": paths, "captions": [[c] for c in CAPTIONS + CAPTIONS[:2]]})
-    onnx_model, onnx_processor, info = evaluation.load_model_for_evaluation(str(out), backend="onnx")
+    onnx_model, onnx_processor, info = loading.load_model(str(out), backend="onnx")
     assert info["backend"] == "onnx"
     record = evaluation.evaluate_retrieval(onnx_model, onnx_processor, dataset, [None], progress=False)[0]
     assert 0.0 <= record["metrics"]["t2a_mAP10"] <= 1.0 and len(record["per_query"]["t2a"]["rank"]) == len(dataset)
@@ -154,4 +154,4 @@ def test_evaluation_with_the_onnx_backend_embeds_as_pytorch(exported, tmp_path):
     want = embed_dataset(model, AtrCollator(processor, training=False), dataset, batch_size=4, progress=False)
     assert cosines(got.audio, want.audio).min() >= 0.9999 and cosines(got.text, want.text).min() >= 0.9999
     with pytest.raises(ValueError, match="atr.export onnx"):
-        evaluation.load_model_for_evaluation(str(tmp_path), backend="onnx")
+        loading.load_model(str(tmp_path), backend="onnx")

@@ -100,13 +100,14 @@ def run_evaluation(args: argparse.Namespace) -> dict:
     """Evaluate, then write results.json, results.md and the plots (and the model card when asked)."""
     import atr
     from atr import evaluation, reporting
+    from atr.loading import load_model
     from atr.metrics import save_results
 
     if not args.model:
         raise ValueError("--model is required (or use --compare A.json B.json)")
     output_dir = check_output_dir(args.output_dir, args.overwrite) if args.output_dir else None
     conditions = evaluation.parse_conditions(args.snr)
-    model, processor, info = evaluation.load_model_for_evaluation(args.model, args.device, args.backend, args.trust_remote_code)
+    model, processor, info = load_model(args.model, args.device, args.backend, args.trust_remote_code)
     dataset = load_eval_dataset(args)
     common = dict(noise=args.noise, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress)
     extra = {}
