@@ -82,17 +82,17 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed + 1)
     noisy_train = [noisy_clip(wave, "white", float(rng.uniform(5, 15)), args.seed + 1, i) for i, wave in enumerate(waves["train"])]
     train_x = np.concatenate([pooled_layer_states(model, processor, waves["train"]), pooled_layer_states(model, processor, noisy_train)])
-    train_y = splits["train"]["word"] * 2
+    train_y = list(splits["train"]["word"]) * 2
     tests = {
         "clean": pooled_layer_states(model, processor, waves["test"]),
         f"white {args.snr:g} dB": pooled_layer_states(model, processor, [noisy_clip(w, "white", args.snr, args.seed, i) for i, w in enumerate(waves["test"])]),
     }
     layers = {}
     for layer in range(train_x.shape[1]):
-        layers[str(layer)] = probe_accuracy(train_x[:, layer], train_y, {name: x[:, layer] for name, x in tests.items()}, splits["test"]["word"])
+        layers[str(layer)] = probe_accuracy(train_x[:, layer], train_y, {name: x[:, layer] for name, x in tests.items()}, list(splits["test"]["word"]))
         print(f"layer {layer}: " + ", ".join(f"{name} {value:.3f}" for name, value in layers[str(layer)].items()), flush=True)
     flat = {name: x.reshape(len(x), -1) for name, x in tests.items()}
-    layers["all"] = probe_accuracy(train_x.reshape(len(train_x), -1), train_y, flat, splits["test"]["word"])
+    layers["all"] = probe_accuracy(train_x.reshape(len(train_x), -1), train_y, flat, list(splits["test"]["word"]))
     print("all layers: " + ", ".join(f"{name} {value:.3f}" for name, value in layers["all"].items()))
     result = {"audio_backbone": args.audio_backbone, "max_source_positions": args.max_source_positions, "dataset": args.data_dir,
               "train_clips": len(waves["train"]), "test_clips": len(waves["test"]), "accuracy_by_layer": layers,
