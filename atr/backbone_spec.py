@@ -42,6 +42,10 @@ class AudioBackbone:
         """The width of the encoder's tokens, for the model card."""
         return audio_config.hidden_size
 
+    def encoder_depth(self, audio_config: PreTrainedConfig) -> int | None:
+        """The number of encoder layers, for the model card (None: not stated)."""
+        return None
+
     # ---- numpy features (AtrFeatureExtractor) ---------------------------------------------------------------
 
     def extractor_kwargs(self, audio_config: PreTrainedConfig, overrides: dict) -> dict:

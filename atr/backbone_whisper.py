@@ -61,6 +61,10 @@ class WhisperBackbone(AudioBackbone):
         """d_model."""
         return audio_config.d_model
 
+    def encoder_depth(self, audio_config: WhisperConfig) -> int:
+        """encoder_layers (fewer than the checkpoint's when `audio_config_overrides` cut them)."""
+        return audio_config.encoder_layers
+
     def extractor_kwargs(self, audio_config: WhisperConfig, overrides: dict) -> dict:
         """The config's mel bins, and a window of exactly 2*max_source_positions frames (the hop follows the window)."""
         sampling_rate = overrides.get("sampling_rate") or self.feature_defaults["sampling_rate"]
@@ -121,21 +125,30 @@ class WhisperBackbone(AudioBackbone):
         # transformers skips a custom model's submodules without parameters of their own, so Whisper's init never runs here
         init.copy_(adapter.encoder.embed_positions.weight, sinusoids(*adapter.encoder.embed_positions.weight.shape))
 
-    def load_backbone(self, path: str | os.PathLike, max_source_positions: int | None = None, **config_overrides) -> WhisperEncoder:
-        """The encoder of a Whisper checkpoint, its own sinusoidal positions cut (or extended) to `max_source_positions`."""
+    def load_backbone(self, path: str | os.PathLike, max_source_positions: int | None = None, encoder_layers: int | None = None,
+                      **config_overrides) -> WhisperEncoder:
+        """The encoder of a Whisper checkpoint: its first `encoder_layers` layers, its own sinusoidal positions cut (or extended) to `max_source_positions`."""
         # `WhisperEncoder.from_pretrained` would silently load none; a smaller config loaded with ignore_mismatched_sizes
         # would re-create the positions (close to Whisper's, not equal), so the checkpoint's own rows are kept instead.
+        # Fewer layers are cut from the loaded encoder too (a smaller config would load with every later layer reported
+        # unexpected); the checkpoint's final layer norm then applies to the last layer kept.
         encoder = WhisperModel.from_pretrained(path, **config_overrides).get_encoder()
-        available = encoder.config.max_source_positions
-        if max_source_positions is None or max_source_positions == available:
+        config, state = copy.deepcopy(encoder.config), encoder.state_dict()
+        if encoder_layers is not None and encoder_layers != config.encoder_layers:
+            if not 0 < encoder_layers <= config.encoder_layers:
+                raise ValueError(f"audio_config_overrides encoder_layers {encoder_layers}: the audio checkpoint has {config.encoder_layers} encoder layers;"
+                                 f" keep between 1 and {config.encoder_layers}")
+            config.encoder_layers = encoder_layers
+            state = {name: tensor for name, tensor in state.items() if not name.startswith("layers.") or int(name.split(".")[1]) < encoder_layers}
+        available = config.max_source_positions
+        if max_source_positions is not None and max_source_positions != available:
+            config.max_source_positions = max_source_positions
+            positions = sinusoids(max_source_positions, config.d_model)  # beyond the checkpoint: Whisper's formula (a test model)
+            kept = min(available, max_source_positions)
+            positions[:kept] = state["embed_positions.weight"][:kept]
+            state["embed_positions.weight"] = positions
+        if config.to_dict() == encoder.config.to_dict():
             return encoder
-        config = copy.deepcopy(encoder.config)
-        config.max_source_positions = max_source_positions
-        state = encoder.state_dict()
-        positions = sinusoids(max_source_positions, config.d_model)  # beyond the checkpoint: Whisper's formula (a test model)
-        kept = min(available, max_source_positions)
-        positions[:kept] = state["embed_positions.weight"][:kept]
-        state["embed_positions.weight"] = positions
         resized = WhisperEncoder(config)
         resized.load_state_dict(state)
         return resized

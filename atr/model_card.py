@@ -134,11 +134,11 @@ def eval_tables(eval_results: Sequence[EvalResult]) -> str:
 def _architecture(config) -> str:
     audio = config.audio_config
     spec = audio_backbone(audio.model_type)
-    audio_name, audio_width = spec.card_name or f"`{audio.model_type}`", spec.encoder_width(audio)
+    audio_name, audio_width, depth = spec.card_name or f"`{audio.model_type}`", spec.encoder_width(audio), spec.encoder_depth(audio)
     text = config.text_config
     return "\n".join(
         [
-            f"- Audio encoder: {audio_name}, width {audio_width}"
+            f"- Audio encoder: {audio_name}, {f'depth {depth}, ' if depth else ''}width {audio_width}"
             f" ({'frozen' if config.freeze_audio_encoder else 'fine-tuned'}), applied to each chunk of the recording.",
             f"- Text encoder: `{text.model_type}`, width {text.hidden_size}, `{config.text_pooling}` pooling"
             f" ({'frozen' if config.freeze_text_encoder else 'fine-tuned'}).",

@@ -375,8 +375,8 @@ class AtrModel(AtrPreTrainedModel):
                                   return_processor: bool = False, **config_overrides) -> "AtrModel | tuple[AtrModel, ProcessorMixin]":
         """Build a model around pretrained encoders given by Hub id or local path (a registered audio family's; any text AutoModel).
 
-        `audio_config_overrides` changes the audio config before loading, e.g. `{"max_source_positions": 500}` for
-        10 s Whisper windows (the checkpoint's own positions are cut; conv and attention weights load unchanged).
+        `audio_config_overrides` changes the audio config before loading, e.g. `{"max_source_positions": 500}` for 10 s
+        Whisper windows (its own positions cut), `{"encoder_layers": 2}` for its first two layers only.
         With `return_processor=True`, returns `(model, processor)`: an `AtrProcessor` whose feature extractor follows
         the audio checkpoint's own preprocessor config (mel scale, range, rate) and the text checkpoint's tokenizer.
         """

@@ -9,6 +9,7 @@ from transformers.models.whisper.modeling_whisper import sinusoids
 
 from atr import AtrModel
 from atr.ctranslate2_whisper import read_model_bin, whisper_config, whisper_state_dict
+from atr.model_card import write_model_card
 from tiny import tiny_bert_config, tiny_features, tiny_tokenizer, tiny_whisper_config
 
 ctranslate2 = pytest.importorskip("ctranslate2", reason="the converter test needs ctranslate2 (dev extra)")
@@ -107,7 +108,6 @@ def test_openai_whisper_tiny_en_resolves_to_the_packaged_weights_offline(tmp_pat
     import huggingface_hub.constants
 
     from atr import pretrained
-    from atr.model_card import write_model_card
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     pretrained.hub_reachable.cache_clear()
@@ -122,3 +122,23 @@ def test_openai_whisper_tiny_en_resolves_to_the_packaged_weights_offline(tmp_pat
     write_model_card(tmp_path / "model", model.config)
     card = (tmp_path / "model" / "README.md").read_text()
     assert "openai/whisper-tiny.en" in card and "site-packages" not in card and "whisper-from-ctranslate2" not in card
+
+
+def test_whisper_encoder_layers_keeps_the_checkpoints_first_layers(folders, caplog, tmp_path):
+    original = WhisperForConditionalGeneration.from_pretrained(folders / "original").model.encoder.eval()
+    model = AtrModel.from_pretrained_backbones(
+        audio=str(folders / "ct2"), text=str(folders / "text"), audio_config_overrides={"encoder_layers": 1}
+    ).eval()
+    encoder = model.audio_model.encoder
+    assert encoder.config.encoder_layers == 1 and len(encoder.layers) == 1
+    assert "UNEXPECTED" not in caplog.text
+    kept = {name: tensor for name, tensor in original.state_dict().items() if not name.startswith("layers.1.")}
+    assert encoder.state_dict().keys() == kept.keys() and all(torch.equal(encoder.state_dict()[n], t) for n, t in kept.items())
+    features = torch.randn(2, original.config.num_mel_bins, 2 * original.config.max_source_positions)
+    with torch.no_grad():  # the first layer's output under the checkpoint's final layer norm
+        expected = original.layer_norm(original(input_features=features, output_hidden_states=True).hidden_states[1])
+        torch.testing.assert_close(encoder(input_features=features).last_hidden_state, expected, rtol=0, atol=1e-6)
+    write_model_card(tmp_path / "model", model.config)
+    assert "- Audio encoder: Whisper encoder, depth 1, width" in (tmp_path / "model" / "README.md").read_text()
+    with pytest.raises(ValueError, match=r"encoder_layers 3: the audio checkpoint has 2 encoder layers; keep between 1 and 2"):
+        AtrModel.from_pretrained_backbones(audio=str(folders / "ct2"), text=str(folders / "text"), audio_config_overrides={"encoder_layers": 3})
