@@ -199,3 +199,15 @@ def test_the_data_flags_are_defined_once_and_both_commands_take_them():
     args = evaluate_script.build_parser().parse_args(argv)
     assert all(getattr(data_args, f.name) == getattr(args, f.name) for f in dataclasses.fields(DatasetArguments))
     assert (data_args.dataset, data_args.caption_columns, data_args.skip_bad_audio) == ("d.csv", "a,b", True)
+
+
+def test_another_audio_backbone_is_warned_that_the_config_keeps_its_encoder_depth():
+    def warning(*flags):
+        (model_args, *_), changes = train.parse_settings(["--config", "configs/pretrained.yaml", *flags])
+        return train.kept_depth_warning(model_args, changes)
+
+    message = warning("--audio_backbone", "openai/whisper-base")
+    assert "openai/whisper-base" in message and "first 2 encoder layers" in message and "openai/whisper-tiny.en" in message
+    assert """--audio_config_overrides '{"encoder_layers": N}'""" in message
+    assert warning("--audio_backbone", "openai/whisper-base", "--audio_config_overrides", '{"encoder_layers": 3}') is None
+    assert warning() is None and warning("--seed", "3") is None

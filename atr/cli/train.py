@@ -89,6 +89,17 @@ def _json(value):
     return json.loads(value) if isinstance(value, str) else (value or {})
 
 
+def kept_depth_warning(model_args, changes: list[str]) -> str | None:
+    """A warning when the flags swap the config's audio backbone but keep the encoder depth the config chose for it."""
+    swapped = next((line for line in changes if line.startswith("audio_backbone: ")), None)
+    depth = _json(model_args.audio_config_overrides).get("encoder_layers")
+    if swapped is None or depth is None or any(line.startswith("audio_config_overrides.encoder_layers: ") for line in changes):
+        return None
+    chosen_for = swapped.split(": ", 1)[1].split(" -> ")[0]
+    return (f"--audio_backbone {model_args.audio_backbone} keeps only its first {depth} encoder layers, the depth the config "
+            f"chose for {chosen_for}: pass --audio_config_overrides '{{\"encoder_layers\": N}}' for the depth it needs (docs/pretrained.md)")
+
+
 def backbone_paths(model_args) -> tuple[str | None, str | None]:
     """(audio, text) loadable paths of the backbones, each resolved once (a faster-whisper folder is hashed to find its conversion)."""
     if model_args.model_name_or_path:
@@ -172,6 +183,8 @@ def prepare_run(argv, prog: str = "atr-train") -> Run:
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARN, format="%(asctime)s %(name)s: %(message)s")
     if changes:
         logger.info("settings that differ from %s: %s", split_config(argv)[0], "; ".join(changes))
+    if warning := kept_depth_warning(model_args, changes):
+        logger.warning(warning)
     check_output_dir(training_args, run_args)
     # The collator needs the raw audio/caption columns, and equal batches keep gathered negatives valid.
     training_args.remove_unused_columns = False
