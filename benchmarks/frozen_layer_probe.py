@@ -3,8 +3,8 @@
     python benchmarks/frozen_layer_probe.py DATA_DIR [--audio_backbone openai/whisper-tiny.en] [--max_source_positions 125]
 
 A reference, not a figure of atr: per encoder layer (hidden state 0 is the input embedding, the last is after the
-final layer norm), the clip's token states are pooled as atr's heads pool them (mean and max over the real frames),
-then a logistic regression over the words is fit on the training split, each clip clean and once with white noise at
+final layer norm), the clip's token states are pooled with atr's masked mean and masked max over the real frames,
+side by side (the heads add the two: a linear probe on both can do at least as well), then a logistic regression over the words is fit on the training split, each clip clean and once with white noise at
 a uniform 5-15 dB, and scored on the test split clean and at exactly `--snr` dB (`atr.evaluation.noisy_clip`, the
 same noise as `zero_shot_words.py`). It sees the labels, which atr's zero-shot heads never do, so it tells which
 layer carries the words and roughly how much any head on the frozen, pooled states can get out of them.
@@ -24,13 +24,14 @@ import torch
 import atr  # noqa: F401  (registers the atr classes)
 from atr.data import decode_audio, load_audio_text_dataset
 from atr.evaluation import noisy_clip
+from atr.layers_atr import masked_max, masked_mean
 from atr.modeling_atr import AtrModel
 
 TEXT_BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"  # only to build the processor; the probe never uses text
 
 
 def pooled_layer_states(model: AtrModel, processor, waves: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
-    """(clips, layers + 1, 2 * width): mean and max over the real frames of every hidden state, one chunk per clip."""
+    """(clips, layers + 1, 2 * width): every hidden state's masked mean and masked max side by side, one chunk per clip."""
     extractor, adapter = processor.feature_extractor, model.audio_model
     pooled = []
     for start in range(0, len(waves), batch_size):
@@ -40,10 +41,7 @@ def pooled_layer_states(model: AtrModel, processor, waves: list[np.ndarray], bat
         with torch.inference_mode():
             states = adapter.encoder(input_features=batch["input_features"][:, 0], output_hidden_states=True).hidden_states
         mask = adapter.token_mask(batch["audio_attention_mask"][:, 0])
-        weights = torch.ones(states[0].shape[:2]) if mask is None else mask.float()
-        weights = weights.unsqueeze(-1)
-        layers = [torch.cat([(h * weights).sum(1) / weights.sum(1), h.masked_fill(weights == 0, float("-inf")).amax(1)], -1) for h in states]
-        pooled.append(torch.stack(layers, 1))
+        pooled.append(torch.stack([torch.cat([masked_mean(h, mask), masked_max(h, mask)], -1) for h in states], 1))
     return torch.cat(pooled).numpy()
 
 

@@ -5,8 +5,8 @@
 `train.py --dataset synthetic` generates 4-12 s scenes in memory; this writes the same generator's scenes with other
 durations to disk, as a user's folder, for runs that need them (e.g. the memory of the encoder cache on 4-20 s clips).
 The generator's own layouts rarely last past 14 s, so each split is made in `--bands` equal parts whose durations
-start at evenly spaced minimums from the shortest to the longest (4, 9.3, 14.7 and 20 s for 4-20 s): a clip shorter than its band's minimum is padded with
-its background.
+start at evenly spaced minimums from the shortest to the longest (4, 9.3, 14.7 and 20 s for 4-20 s): a clip shorter
+than its band's minimum is padded with its background.
 """
 
 import argparse
