@@ -3,8 +3,9 @@
     python benchmarks/peak_memory.py [--interval 0.2] -- python train.py --dataset /tmp/scenes_4_20
 
 `/usr/bin/time -v`'s maximum RSS counts the pages of memory-mapped files a process touched (atr's encoder cache, the
-Arrow tables), which the kernel can drop and re-read; this samples `/proc/PID/status` of the command and its children
-(Linux only) and reports the peaks of RssAnon (what the process itself holds), RssFile and their sum, in GB.
+Arrow tables), which the kernel can drop and re-read; this samples the command and its children with psutil (which
+accelerate installs) and reports the peaks of their anonymous pages (RSS less shared: what the processes themselves
+hold), their file-backed and shared pages, and their RSS, in GB.
 """
 
 import argparse
@@ -12,32 +13,24 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-FIELDS = ("RssAnon", "RssFile", "RssShmem")
+import psutil
 
 
-def tree_rss_kb(root: int) -> dict[str, int]:
-    """The sum of each RSS field (kB) over `root` and every live descendant."""
-    children: dict[int, list[int]] = {}
-    for status in Path("/proc").glob("[0-9]*/status"):
+def tree_memory(root: psutil.Process) -> dict[str, int]:
+    """Bytes of anonymous and of file-backed or shared resident pages, summed over `root` and its live descendants."""
+    totals = {"anonymous": 0, "file_or_shared": 0}
+    try:
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:  # the command ended between two samples
+        return totals
+    for process in processes:
         try:
-            parent = int(next(line.split()[1] for line in status.read_text().splitlines() if line.startswith("PPid:")))
-        except (OSError, StopIteration, ValueError):
+            memory = process.memory_info()
+        except psutil.NoSuchProcess:
             continue
-        children.setdefault(parent, []).append(int(status.parent.name))
-    totals, stack = dict.fromkeys(FIELDS, 0), [root]
-    while stack:
-        pid = stack.pop()
-        stack.extend(children.get(pid, []))
-        try:
-            lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            name = line.split(":")[0]
-            if name in totals:
-                totals[name] += int(line.split()[1])
+        totals["anonymous"] += memory.rss - memory.shared
+        totals["file_or_shared"] += memory.shared
     return totals
 
 
@@ -52,13 +45,14 @@ def main(argv=None):
         sys.exit("error: no command given: put it after --, e.g. -- python train.py")
     started = time.time()
     process = subprocess.Popen(command)
-    peaks = dict.fromkeys(("RssAnon", "RssFile", "total"), 0)
+    root = psutil.Process(process.pid)
+    peaks = dict.fromkeys(("anonymous", "file_or_shared", "total"), 0)
     while process.poll() is None:
-        sample = tree_rss_kb(process.pid)
-        sample["total"] = sum(sample[field] for field in FIELDS)
+        sample = tree_memory(root)
+        sample["total"] = sample["anonymous"] + sample["file_or_shared"]
         peaks = {key: max(value, sample[key]) for key, value in peaks.items()}
         time.sleep(args.interval)
-    report = {f"peak_{key}_GB": round(value / 1e6, 2) for key, value in peaks.items()}
+    report = {f"peak_{key}_GB": round(value / 1e9, 2) for key, value in peaks.items()}
     report |= {"seconds": round(time.time() - started, 1), "exit_status": process.returncode, "command": command}
     print(json.dumps(report), flush=True)
     sys.exit(process.returncode)
