@@ -261,3 +261,39 @@ def test_a_killed_builds_temporary_folder_is_removed_by_the_next_build(setup, tm
     (stale / "data.arrow").write_bytes(b"partial")
     build_text_cache(model, processor, dataset, tmp_path)
     assert not stale.exists() and not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_speed_perturbation_reaches_the_cached_views(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT))
+    import train
+    from test_train import TINY
+    from transformers import BertModel
+
+    import atr.cache
+    from tiny import tiny_bert_config
+
+    builds = []
+    build = atr.cache.build_audio_cache
+    monkeypatch.setattr(atr.cache, "build_audio_cache", lambda *args, **kwargs: builds.append(kwargs["augment"]) or build(*args, **kwargs))
+    text_dir = tmp_path / "bert"
+    BertModel(tiny_bert_config()).save_pretrained(text_dir)
+    tiny_tokenizer().save_pretrained(text_dir)
+    frozen = '{"projection_dim": 16, "head_hidden_size": 32, "head_heads": 4, "cross_modal_heads": 4, "freeze_audio_encoder": true}'
+    base = ["--config", TINY, "--text_backbone", str(text_dir), "--eval_split", "", "--max_steps", "2", "--save_strategy", "no",
+            "--model_config", frozen, "--encoder_cache_dir", str(tmp_path / "cache"), "--cache_encoder_outputs", "--cache_num_views", "2"]
+    plain, _ = train.main([*base, "--output_dir", str(tmp_path / "a")])
+    sped, _ = train.main([*base, "--output_dir", str(tmp_path / "b"), "--speed_perturbation", "0.3"])
+    plain_cache, sped_cache = plain.data_collator.audio_cache, sped.data_collator.audio_cache
+    assert plain_cache.cache_files != sped_cache.cache_files  # the speed is part of the cache's key
+    clean = lambda cache: [row["audio_states"] for row in cache if row["view"] == 0]  # noqa: E731
+    assert all(np.allclose(a, b, atol=1e-4) for a, b in zip(clean(plain_cache), clean(sped_cache), strict=True))  # view 0 stays clean
+    second = np.sin(np.linspace(0, 440 * 2 * np.pi, 16000)).astype(np.float32)
+    lengths = {}
+    for name, augment in zip(("plain", "sped"), builds):
+        np.random.seed(0)
+        views = [augment(samples=second, sample_rate=16000) for _ in range(20)]
+        assert all(not np.array_equal(view[: len(second)], second) for view in views)  # every view is noisy
+        lengths[name] = {len(view) for view in views}
+    assert lengths["plain"] == {16000} and 16000 in lengths["sped"] and min(lengths["sped"]) >= 16000 * 0.7 - 1 and len(lengths["sped"]) > 5
+    with pytest.raises(ValueError, match="--speed_perturbation.*--cache_num_views"):
+        train.main([*base, "--output_dir", str(tmp_path / "c"), "--speed_perturbation", "0.3", "--cache_num_views", "0"])

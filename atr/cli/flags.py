@@ -81,7 +81,7 @@ class DataArguments(DatasetArguments):
     noise_min_snr_db: float = 5.0
     noise_max_snr_db: float = 15.0
     background_noise_dir: str | None = field(default=None, metadata={"help": "Folder of noise recordings mixed into training audio."})
-    speed_perturbation: float = field(default=0.0, metadata={"help": "Resample half the training clips by a random factor in [1-s, 1+s] (0: off)."})
+    speed_perturbation: float = field(default=0.0, metadata={"help": "Resample half the training clips (cached: half the noisy views) by a random factor in [1-s, 1+s] (0: off)."})
     max_train_chunks: int | None = field(default=None, metadata={"help": "Cap on chunks per training clip (sampled)."})
     max_train_samples: int | None = None
     max_eval_samples: int | None = None

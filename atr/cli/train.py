@@ -18,7 +18,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoProcessor, AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
 
 from atr import AtrConfig, AtrFeatureExtractor, AtrModel, AtrProcessor
-from atr.augmentation import make_noise_augmentation, make_training_augmentation
+from atr.augmentation import make_training_augmentation
 from atr.cli.flags import MINILM_ID, DataArguments, ModelArguments, RunArguments
 from atr.cli_errors import one_line_errors, run_cli
 from atr.collator import AtrCollator
@@ -233,9 +233,13 @@ def cached_training_data(model, processor, dataset, data_args, training_args, co
             "--cache_encoder_outputs needs a frozen encoder: set freeze_audio_encoder and/or freeze_text_encoder to true "
             "in --model_config (a trained encoder's outputs change every step)"
         )
-    if config.freeze_audio_encoder and data_args.speed_perturbation:  # the cached views hold noise only
-        raise ValueError("--speed_perturbation never reaches a cached frozen audio encoder: set it to 0 or drop --cache_encoder_outputs")
+    noisy = data_args.noise_probability > 0 and data_args.cache_num_views > 0
+    if config.freeze_audio_encoder and data_args.speed_perturbation and not noisy:  # only the cached noisy views are resampled
+        raise ValueError("--speed_perturbation reaches a cached frozen audio encoder through its noisy views: set --cache_num_views "
+                         "and --noise_probability above 0, set --speed_perturbation 0, or drop --cache_encoder_outputs")
     noise = {"min_snr_db": data_args.noise_min_snr_db, "max_snr_db": data_args.noise_max_snr_db, "background_dir": data_args.background_noise_dir}
+    if data_args.speed_perturbation:  # in the key only when on: caches built without it stay valid
+        noise["speed_perturbation"] = data_args.speed_perturbation
     cache_kwargs = {"cache_root": data_args.encoder_cache_dir, "dtype": data_args.cache_dtype}
     model.to(training_args.device)
     text_cache = audio_cache = None
@@ -244,11 +248,10 @@ def cached_training_data(model, processor, dataset, data_args, training_args, co
         if config.freeze_text_encoder:
             text_cache = build_text_cache(model, processor, dataset, **cache_kwargs)
         if config.freeze_audio_encoder:
-            noisy = data_args.noise_probability > 0 and data_args.cache_num_views > 0
-            audio_cache = build_audio_cache(
-                model, processor, dataset, num_views=data_args.cache_num_views, seed=training_args.seed,
-                augment=make_noise_augmentation(p=1.0, **noise) if noisy else None, noise_settings=noise, **cache_kwargs,
-            )
+            # every view gets noise; half of them are resampled first when --speed_perturbation is on
+            augment = make_training_augmentation(processor.feature_extractor.sampling_rate, 1.0, **noise) if noisy else None
+            audio_cache = build_audio_cache(model, processor, dataset, num_views=data_args.cache_num_views, seed=training_args.seed,
+                                            augment=augment, noise_settings=noise, **cache_kwargs)
     rows = dataset
     if audio_cache is not None:  # the audio column is never read again: keep the DataLoader off it
         rows = rows.select_columns([c for c in ("clip_index", "captions", training_args.length_column_name) if c in rows.column_names])
