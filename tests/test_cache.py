@@ -18,6 +18,8 @@ from atr.data import decode_audio, load_audio_text_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 NOISE = {"min_snr_db": 5.0, "max_snr_db": 15.0}
+# tests/configs/tiny.yaml's heads with a frozen (random) audio encoder, whose outputs train.py then caches
+FROZEN_AUDIO = '{"projection_dim": 16, "head_hidden_size": 32, "head_heads": 4, "cross_modal_heads": 4, "freeze_audio_encoder": true}'
 
 
 @pytest.fixture(scope="module")
@@ -217,22 +219,14 @@ def test_errors_name_the_problem(setup, tmp_path):
         build_text_cache(model, processor, dataset.to_iterable_dataset(), tmp_path)
 
 
-def test_train_py_with_cached_encoder_outputs(tmp_path):
+def test_train_py_with_cached_encoder_outputs(tmp_path, tiny_text):
     sys.path.insert(0, str(ROOT))
     import train
     from test_train import TINY
-    from transformers import BertModel
 
-    from tiny import tiny_bert_config
-
-    text_dir = tmp_path / "bert"
-    torch.manual_seed(0)
-    BertModel(tiny_bert_config()).save_pretrained(text_dir)
-    tiny_tokenizer().save_pretrained(text_dir)
-    base = ["--config", TINY, "--text_backbone", str(text_dir), "--eval_split", "", "--max_steps", "4", "--save_strategy", "no",
+    base = ["--config", TINY, "--text_backbone", tiny_text, "--eval_split", "", "--max_steps", "4", "--save_strategy", "no",
             "--encoder_cache_dir", str(tmp_path / "cache"), "--cache_encoder_outputs"]
-    frozen = '{"projection_dim": 16, "head_hidden_size": 32, "head_heads": 4, "cross_modal_heads": 4, "freeze_audio_encoder": true}'
-    trainer, results = train.main([*base, "--output_dir", str(tmp_path / "a"), "--model_config", frozen, "--cache_num_views", "1"])
+    trainer, results = train.main([*base, "--output_dir", str(tmp_path / "a"), "--model_config", FROZEN_AUDIO, "--cache_num_views", "1"])
     assert isinstance(trainer.data_collator, CachedCollator) and trainer.data_collator.num_views == 1
     assert trainer.data_collator.text_cache is not None and 0 <= results["test_t2a_mAP10"] <= 1
     assert np.isfinite([log["loss"] for log in trainer.state.log_history if "loss" in log]).all()
@@ -263,24 +257,18 @@ def test_a_killed_builds_temporary_folder_is_removed_by_the_next_build(setup, tm
     assert not stale.exists() and not list(tmp_path.glob("*.tmp-*"))
 
 
-def test_speed_perturbation_reaches_the_cached_views(tmp_path, monkeypatch):
+def test_speed_perturbation_reaches_the_cached_views(tmp_path, monkeypatch, tiny_text):
     sys.path.insert(0, str(ROOT))
     import train
     from test_train import TINY
-    from transformers import BertModel
 
     import atr.cache
-    from tiny import tiny_bert_config
 
     builds = []
     build = atr.cache.build_audio_cache
     monkeypatch.setattr(atr.cache, "build_audio_cache", lambda *args, **kwargs: builds.append(kwargs["augment"]) or build(*args, **kwargs))
-    text_dir = tmp_path / "bert"
-    BertModel(tiny_bert_config()).save_pretrained(text_dir)
-    tiny_tokenizer().save_pretrained(text_dir)
-    frozen = '{"projection_dim": 16, "head_hidden_size": 32, "head_heads": 4, "cross_modal_heads": 4, "freeze_audio_encoder": true}'
-    base = ["--config", TINY, "--text_backbone", str(text_dir), "--eval_split", "", "--max_steps", "2", "--save_strategy", "no",
-            "--model_config", frozen, "--encoder_cache_dir", str(tmp_path / "cache"), "--cache_encoder_outputs", "--cache_num_views", "2"]
+    base = ["--config", TINY, "--text_backbone", tiny_text, "--eval_split", "", "--max_steps", "2", "--save_strategy", "no",
+            "--model_config", FROZEN_AUDIO, "--encoder_cache_dir", str(tmp_path / "cache"), "--cache_encoder_outputs", "--cache_num_views", "2"]
     plain, _ = train.main([*base, "--output_dir", str(tmp_path / "a")])
     sped, _ = train.main([*base, "--output_dir", str(tmp_path / "b"), "--speed_perturbation", "0.3"])
     plain_cache, sped_cache = plain.data_collator.audio_cache, sped.data_collator.audio_cache
